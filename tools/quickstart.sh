@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# quickstart.sh: the README's two Quickstart commands, and CI's (.ci/run) and the Dockerfile's
+# build steps. Installs missing Debian packages, configures and builds, then either runs the main
+# job or the whole test suite. Idempotent: with nothing changed it only checks and exits quickly.
+#
+#   tools/quickstart.sh run    build, then run the main job
+#   tools/quickstart.sh test   build, then run every test suite; ends with "N passed, N failed"
+#   tools/quickstart.sh deps   only install the packages
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Everything gptd needs to build and test, as Debian 12 package names. Keep in step with
+# meson.build's dependency() calls and with docker/Dockerfile's runtime stage.
+PACKAGES=(
+    build-essential meson ninja-build pkg-config git
+    libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev check
+    valgrind clang-format
+)
+
+log() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }
+
+install_deps() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing: ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+}
+
+# build DIR [meson options...]: configure once, then let ninja decide what changed.
+build() {
+    local dir="$1"
+    shift
+    if [ ! -f "$dir/build.ninja" ]; then
+        meson setup "$dir" "$@" >/dev/null
+    fi
+    ninja -C "$dir" >/dev/null
+}
+
+# Counts results from Meson's machine-readable test log into the totals.
+passed=0
+failed=0
+count_results() { # build dir, log base name
+    # Meson appends the setup's name to the log base (testlog-valgrind-valgrind.json).
+    local json
+    json=$(ls "$1/meson-logs/$2"*.json 2>/dev/null | head -n 1)
+    [ -n "$json" ] || return 0
+    local ok bad
+    ok=$(grep -c '"result": "OK"' "$json" || true)
+    bad=$(grep -Ec '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS)"' "$json" || true)
+    passed=$((passed + ok))
+    failed=$((failed + bad))
+}
+
+run_suite() { # name, build dir, meson test args...
+    local name="$1" dir="$2"
+    shift 2
+    log "tests: $name"
+    local logbase="testlog-${name//[^a-z0-9]/-}"
+    rm -f "$dir/meson-logs/$logbase"*.json
+    meson test -C "$dir" --print-errorlogs --num-processes 2 --logbase "$logbase" "$@" || true
+    count_results "$dir" "$logbase"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+deps)
+    install_deps
+    ;;
+run)
+    install_deps
+    build build
+    exec build/gptd --help
+    ;;
+test)
+    install_deps
+    log "format check"
+    fmt_ok=1
+    files=$(git ls-files -co --exclude-standard -- 'src/*.[ch]' 'include/*.h' 'tests/*.[ch]' \
+        'bench/*.[ch]' 'tools/*.[ch]' | while read -r f; do [ -f "$f" ] && echo "$f"; done)
+    if [ -n "$files" ] && ! clang-format --dry-run -Werror $files; then
+        fmt_ok=0
+    fi
+    build build
+    run_suite release build
+    # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer (debug build).
+    build build-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+    ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        run_suite asan+ubsan build-asan
+    # Unit suites under valgrind memcheck.
+    run_suite valgrind build --setup valgrind --suite unit
+    [ $fmt_ok -eq 1 ] || { log "clang-format would change files"; failed=$((failed + 1)); }
+    echo "$passed passed, $failed failed"
+    [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+    ;;
+*)
+    echo "usage: tools/quickstart.sh run|test|deps" >&2
+    exit 2
+    ;;
+esac
