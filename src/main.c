@@ -1,18 +1,14 @@
 /*
  * main.c: the gptd command line. One binary with subcommands, like git.
  *
- * Each subcommand is an entry in the table below with its own argument parsing. Usage errors
+ * Each subcommand lives in src/cli/<name>.c and is an entry in the table below. Usage errors
  * (unknown subcommand or flag, missing value) print one line naming the problem plus the usage
  * and exit 2; runtime failures exit 1.
  */
 #include <stdio.h>
 #include <string.h>
 
-#include <gptd/util.h>
-
-#include "version.h"
-
-#define EXIT_USAGE 2
+#include "cli/cli.h"
 
 struct command {
     const char *name;
@@ -20,7 +16,6 @@ struct command {
     const char *summary;
 };
 
-static int cmd_version(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 
 static const struct command commands[] = {
@@ -36,26 +31,6 @@ static void print_usage(FILE *out) {
     fprintf(out, "\nRun 'gptd <command> --help' for a command's options.\n");
 }
 
-static int usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "gptd: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n");
-    print_usage(stderr);
-    return EXIT_USAGE;
-}
-
-static int cmd_version(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: gptd version\n");
-            return 0;
-        }
-        return usage_error("version: unknown argument '%s'", argv[i]);
-    }
-    printf("gptd %s (%s)\n", GPTD_VERSION, GPTD_REVISION);
-    return 0;
-}
-
 static int cmd_help(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -66,7 +41,7 @@ static int cmd_help(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         print_usage(stderr);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     const char *name = argv[1];
     if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) {
@@ -81,8 +56,7 @@ int main(int argc, char **argv) {
             return commands[i].run(argc - 1, argv + 1);
         }
     }
-    if (name[0] == '-') {
-        return usage_error("unknown option '%s'", name);
-    }
-    return usage_error("unknown command '%s'", name);
+    fprintf(stderr, "gptd: unknown %s '%s'\n", name[0] == '-' ? "option" : "command", name);
+    print_usage(stderr);
+    return CLI_EXIT_USAGE;
 }

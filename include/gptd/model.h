@@ -1,0 +1,124 @@
+/*
+ * model.h: a GPT-2-architecture decoder loaded from a Hugging Face directory, its paged KV cache,
+ * and the batched forward pass.
+ *
+ * Threads: model_load and kv_cache_create run at start-up on the main thread. After that the
+ * engine thread alone calls model_forward and every kv_* function (no locks inside). The loaded
+ * weights are read-only and may be read by any thread.
+ *
+ * Shapes use llm.c's letters: B sequences in a batch, T positions, C = n_embd, NH = n_head,
+ * HS = C / NH, L = n_layer, V = vocab size, N = rows (tokens) in a ragged batch.
+ */
+#ifndef GPTD_MODEL_H
+#define GPTD_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum model_activation {
+    MODEL_ACT_GELU_TANH = 0, /* "gelu_new", "gelu_pytorch_tanh" */
+    MODEL_ACT_GELU_EXACT = 1, /* "gelu" (erf) */
+};
+
+struct model_config {
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_embd;
+    int32_t n_inner; /* MLP width; 4 * n_embd when config.json says null */
+    int32_t n_ctx;   /* n_positions: the longest sequence the model can see */
+    int32_t n_vocab;
+    float layer_norm_eps;
+    enum model_activation activation;
+    int32_t bos_token_id; /* -1 when absent */
+    int32_t eos_token_id; /* -1 when absent */
+    int is_scale_attn_weights;
+};
+
+struct model;
+
+/*
+ * Loads config.json and model.safetensors (or its shards) from dir. The safetensors files are
+ * mmap'd and every header is validated before any tensor is used. Returns NULL on failure and
+ * writes a message naming the file, the tensor and the problem into err (err_size bytes).
+ */
+struct model *model_load(const char *dir, char *err, size_t err_size);
+
+/* Frees everything model_load made. NULL is a no-op. */
+void model_destroy(struct model *model);
+
+/* Borrowed: valid until model_destroy. */
+const struct model_config *model_get_config(const struct model *model);
+
+/* Parameter count and bytes of weights as used by the forward pass (after any conversion). */
+size_t model_n_params(const struct model *model);
+size_t model_weight_bytes(const struct model *model);
+
+/*
+ * KV cache: a pool of fixed-size blocks (KV_BLOCK_SIZE positions each, all layers), allocated once
+ * for a byte budget. A sequence holds a table of block ids; blocks are reference-counted so that
+ * sequences of one group (n > 1, beam search) can share a prompt's blocks; writing into a shared
+ * block copies it first (copy-on-write).
+ */
+#define KV_BLOCK_SIZE 16
+
+enum kv_status {
+    KV_OK = 0,
+    KV_ERR_NO_BLOCKS = -1, /* the pool has too few free blocks; nothing was changed */
+    KV_ERR_TOO_LONG = -2,  /* the sequence would exceed the model's context */
+};
+
+struct kv_cache;
+
+/* A sequence's block table. Owned by the caller (the engine); its blocks belong to the pool. */
+struct kv_seq {
+    int32_t *blocks;   /* (max_blocks,) block ids; allocated by kv_seq_init */
+    int32_t n_blocks;  /* blocks in use */
+    int32_t n_pos;     /* positions whose K/V are stored */
+    int32_t max_blocks;
+};
+
+struct kv_cache *kv_cache_create(const struct model *model, size_t budget_bytes, char *err,
+                                 size_t err_size);
+void kv_cache_destroy(struct kv_cache *kv);
+int32_t kv_cache_n_blocks_total(const struct kv_cache *kv);
+int32_t kv_cache_n_blocks_free(const struct kv_cache *kv);
+size_t kv_cache_bytes_per_block(const struct kv_cache *kv);
+
+/* Sets up an empty table sized for the model's context. Returns 0, or -1 when out of memory. */
+int kv_seq_init(struct kv_seq *seq, const struct kv_cache *kv);
+/* Returns the sequence's blocks to the pool and frees the table. Safe on a zeroed struct. */
+void kv_seq_finish(struct kv_cache *kv, struct kv_seq *seq);
+/* Ensures blocks exist (and are not shared) for positions [n_pos, n_pos + n_new). All or nothing. */
+enum kv_status kv_seq_reserve(struct kv_cache *kv, struct kv_seq *seq, int32_t n_new);
+/* Makes dst (initialised, empty) share src's blocks and positions. */
+void kv_seq_fork(struct kv_cache *kv, struct kv_seq *dst, const struct kv_seq *src);
+/* Drops positions >= n_pos (frees whole blocks past the end). */
+void kv_seq_truncate(struct kv_cache *kv, struct kv_seq *seq, int32_t n_pos);
+
+/* One sequence's part of a ragged batch. */
+struct model_batch_seq {
+    struct kv_seq *kv;      /* borrowed; K/V for the new positions are appended to it */
+    const int32_t *tokens;  /* (n_tokens,) new tokens at positions kv->n_pos .. */
+    int32_t n_tokens;
+    int32_t n_logits;       /* logits wanted for the last n_logits of these rows (0..n_tokens) */
+};
+
+/* Scratch for one forward call of up to max_tokens rows and max_logits logit rows. */
+struct model_scratch;
+struct model_scratch *model_scratch_create(const struct model *model, int32_t max_tokens,
+                                           int32_t max_logits);
+void model_scratch_destroy(struct model_scratch *scratch);
+
+/*
+ * Runs one forward pass over a ragged batch of n_seqs sequences. The caller has reserved KV
+ * blocks for every new position (kv_seq_reserve). Writes sum(n_logits) rows of V floats into
+ * logits, in batch order. Allocates nothing. Returns 0, or -1 when the batch exceeds the
+ * scratch's sizes or the context.
+ */
+int model_forward(struct model *model, struct kv_cache *kv, struct model_scratch *scratch,
+                  const struct model_batch_seq *seqs, int32_t n_seqs, float *logits);
+
+/* Sets the threads used for GEMM (OpenBLAS) and for attention / element-wise work. */
+void model_set_threads(int n_threads);
+
+#endif

@@ -1,0 +1,13 @@
+/*
+ * cli.h: the gptd subcommands. main.c dispatches argv[1] to one of these; each parses its own
+ * flags. Return value is the process exit code: 0 ok, 1 runtime failure, CLI_EXIT_USAGE (2) for
+ * a usage error (after printing one line naming the problem plus the command's usage).
+ */
+#ifndef GPTD_CLI_H
+#define GPTD_CLI_H
+
+#define CLI_EXIT_USAGE 2
+
+int cmd_version(int argc, char **argv);
+
+#endif
