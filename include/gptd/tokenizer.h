@@ -1,0 +1,93 @@
+/*
+ * tokenizer.h: GPT-2 byte-level BPE, byte-exact with Hugging Face `tokenizers` and OpenAI's
+ * original encoder, plus a UTF-8-safe streaming decoder.
+ *
+ * Who calls it: main.c / the CLI load one tokenizer at start-up; HTTP threads encode prompts
+ * (concurrently: tokenizer_encode is thread-safe); the engine thread decodes generated ids one at
+ * a time through a struct detok per sequence. A loaded tokenizer is otherwise immutable, so every
+ * const function may be called from any thread at any time.
+ */
+#ifndef GPTD_TOKENIZER_H
+#define GPTD_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct tokenizer;
+
+/*
+ * Loads DIR/tokenizer.json (Hugging Face format, merges as "a b" strings or ["a", "b"] pairs,
+ * added_tokens), or DIR/vocab.json + DIR/merges.txt when tokenizer.json is absent.
+ * Returns a tokenizer the caller owns (free with tokenizer_destroy), or NULL with a message
+ * naming the file and the problem written to err (err_size bytes, always NUL-terminated).
+ */
+struct tokenizer *tokenizer_load(const char *dir, char *err, size_t err_size);
+
+/* Frees everything the tokenizer owns. NULL is a no-op. No encode may be running. */
+void tokenizer_destroy(struct tokenizer *tok);
+
+/* Size of the id space: the largest id + 1, added tokens included. */
+int32_t tokenizer_n_vocab(const struct tokenizer *tok);
+
+/* Id of <|endoftext|>, or -1 when the vocabulary has none. */
+int32_t tokenizer_eos_id(const struct tokenizer *tok);
+
+enum tokenizer_flags {
+    /* Recognise special (added) tokens such as <|endoftext|> inside the text, as Hugging Face
+     * does by default. Without it they are encoded as plain text. */
+    TOKENIZER_PARSE_SPECIAL = 1,
+};
+
+/*
+ * Encodes text[0..len) (need not be NUL-terminated; must be valid UTF-8). On success returns 0
+ * and sets *ids to a malloc'd array the caller frees (non-NULL even when *n_ids == 0) and *n_ids.
+ * On failure (invalid UTF-8, out of memory) returns -1, sets *ids = NULL, *n_ids = 0 and writes
+ * a message to err. Thread-safe: many threads may encode with one tokenizer at once (the
+ * pre-token cache is sharded, each shard behind its own mutex).
+ */
+int tokenizer_encode(struct tokenizer *tok, const char *text, size_t len, int flags, int32_t **ids,
+                     size_t *n_ids, char *err, size_t err_size);
+
+/* The raw bytes of token id (after the byte-level unmapping); *len is set to their count.
+ * Borrowed: valid until tokenizer_destroy. NULL (and *len = 0) for an id out of range or a hole
+ * in the id space. */
+const char *tokenizer_token_bytes(const struct tokenizer *tok, int32_t id, size_t *len);
+
+/* Length in bytes of the longest token; sizes streaming-decoder output buffers. */
+size_t tokenizer_max_token_bytes(const struct tokenizer *tok);
+
+/* Id of the token whose bytes are exactly bytes[0..len), or -1. Added tokens included. */
+int32_t tokenizer_token_id(const struct tokenizer *tok, const char *bytes, size_t len);
+
+/*
+ * Decodes the whole sequence: concatenates the tokens' bytes and replaces each invalid UTF-8
+ * sequence with U+FFFD as Python's bytes.decode(errors="replace") does (maximal-subpart rule).
+ * Invalid ids are skipped. Returns a malloc'd NUL-terminated string the caller frees (and its
+ * length in *len when len is not NULL), or NULL when out of memory.
+ */
+char *tokenizer_decode(const struct tokenizer *tok, const int32_t *ids, size_t n_ids, size_t *len);
+
+/*
+ * Streaming decoder: one per generated sequence, owned by whoever owns the sequence (the engine
+ * thread). Fed one id at a time, it emits only complete UTF-8 characters; the concatenation of
+ * everything emitted (including detok_flush) equals tokenizer_decode of all ids. Never allocates.
+ */
+struct detok {
+    const struct tokenizer *tok; /* borrowed: owned by whoever loaded it */
+    unsigned char pending[8];    /* bytes of a not yet complete character (at most 3 are kept) */
+    size_t n_pending;
+};
+
+/* Starts an empty stream. init/flush don't allocate; there is no finish. */
+void detok_init(struct detok *d, const struct tokenizer *tok);
+
+/* Appends the text that id completes to out (at most cap bytes; cap >= tokenizer_max_token_bytes
+ * (tok) + 16 is always enough) and returns the number of bytes written (not NUL-terminated).
+ * Invalid ids are skipped, as in tokenizer_decode. */
+size_t detok_feed(struct detok *d, int32_t id, char *out, size_t cap);
+
+/* Ends the stream: emits the pending bytes of a character that never completed as one U+FFFD
+ * (3 bytes; cap >= 16 is enough), resets the stream and returns the bytes written. */
+size_t detok_flush(struct detok *d, char *out, size_t cap);
+
+#endif
