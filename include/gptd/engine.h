@@ -60,7 +60,8 @@ struct engine_request_params {
 };
 
 enum engine_event_type {
-    ENGINE_EVENT_PROMPT_TOKEN = 0, /* a prompt token's logprob (echo + logprobs) */
+    ENGINE_EVENT_PROMPT_TOKEN = 0, /* a prompt token's logprob (echo + logprobs); index 0, for
+                                      every choice; the first prompt token has none */
     ENGINE_EVENT_TOKEN = 1,        /* a generated token, with its text delta */
     ENGINE_EVENT_FINISH = 2,       /* one choice has finished */
     ENGINE_EVENT_ERROR = 3,        /* the whole request failed; no more events follow */
@@ -99,6 +100,8 @@ struct engine_event {
     int32_t stop_token;    /* the EOS / stop token id that ended it, or -1 */
     int32_t n_prompt_tokens;
     int32_t n_completion_tokens;
+    double sum_logprob; /* sum of the choice's raw token logprobs (best_of ranking: mean =
+                           sum / n_completion_tokens) */
     /* ERROR */
     enum engine_status error;
     char error_message[200];
