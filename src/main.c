@@ -20,6 +20,8 @@ static int cmd_help(int argc, char **argv);
 
 static const struct command commands[] = {
     {"version", cmd_version, "print the version and git revision"},
+    {"tokenize", cmd_tokenize, "print the token ids of a text"},
+    {"detokenize", cmd_detokenize, "print the text of a JSON array of token ids"},
     {"help", cmd_help, "print this help"},
 };
 

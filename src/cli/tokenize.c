@@ -1,0 +1,238 @@
+/*
+ * tokenize.c: `gptd tokenize` (text -> ids) and `gptd detokenize` (JSON array of ids -> text).
+ *
+ * Run from main() on the main thread. The input is read whole (a file or stdin) and taken byte
+ * for byte: a trailing newline is part of the text and gets its own token. Usage errors exit 2,
+ * failures to load or to encode exit 1.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "cli.h"
+#include "gptd/tokenizer.h"
+
+static const char tokenize_usage[] =
+    "usage: gptd tokenize -m MODEL_DIR [--json] [--no-special] [FILE|-]\n"
+    "  prints the token ids of FILE (or stdin), space-separated, or as a JSON array with --json;\n"
+    "  --no-special encodes special tokens such as <|endoftext|> as plain text\n";
+
+static const char detokenize_usage[] = "usage: gptd detokenize -m MODEL_DIR [FILE|-]\n"
+                                       "  reads a JSON array of token ids, prints their text\n";
+
+/* Reads all of path ("-" or NULL: stdin) into a malloc'd NUL-terminated buffer. */
+static char *read_all(const char *path, size_t *n_bytes) {
+    FILE *f = stdin;
+    if (path != NULL && strcmp(path, "-") != 0) {
+        f = fopen(path, "rb");
+        if (f == NULL) {
+            fprintf(stderr, "gptd: %s: %s\n", path, strerror(errno));
+            return NULL;
+        }
+    }
+    size_t cap = 1 << 16;
+    size_t n = 0;
+    char *buf = malloc(cap);
+    while (buf != NULL) {
+        if (n + 1 >= cap) {
+            cap *= 2;
+            char *grown = realloc(buf, cap);
+            if (grown == NULL) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = grown;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) {
+                fprintf(stderr, "gptd: %s: read error\n", path != NULL ? path : "-");
+                free(buf);
+                buf = NULL;
+            }
+            break;
+        }
+    }
+    if (buf == NULL) {
+        fprintf(stderr, "gptd: cannot read %s\n", path != NULL ? path : "stdin");
+    } else {
+        buf[n] = '\0';
+        *n_bytes = n;
+    }
+    if (f != stdin) {
+        fclose(f);
+    }
+    return buf;
+}
+
+/* Flags shared by both commands. Returns 0, or CLI_EXIT_USAGE after printing the problem. */
+struct tok_args {
+    const char *model_dir;
+    const char *input;
+    int is_json;
+    int is_no_special;
+    int is_help;
+};
+
+static int parse_args(int argc, char **argv, int is_tokenize, struct tok_args *a,
+                      const char *usage) {
+    const char *cmd = is_tokenize ? "tokenize" : "detokenize";
+    memset(a, 0, sizeof(*a));
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            a->is_help = 1;
+            return 0;
+        } else if (strcmp(arg, "-m") == 0 || strcmp(arg, "--model") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "gptd %s: %s needs a value\n%s", cmd, arg, usage);
+                return CLI_EXIT_USAGE;
+            }
+            a->model_dir = argv[++i];
+        } else if (is_tokenize && strcmp(arg, "--json") == 0) {
+            a->is_json = 1;
+        } else if (is_tokenize && strcmp(arg, "--no-special") == 0) {
+            a->is_no_special = 1;
+        } else if (arg[0] == '-' && arg[1] != '\0') {
+            fprintf(stderr, "gptd %s: unknown option '%s'\n%s", cmd, arg, usage);
+            return CLI_EXIT_USAGE;
+        } else if (a->input != NULL) {
+            fprintf(stderr, "gptd %s: unexpected argument '%s'\n%s", cmd, arg, usage);
+            return CLI_EXIT_USAGE;
+        } else {
+            a->input = arg;
+        }
+    }
+    if (a->model_dir == NULL) {
+        fprintf(stderr, "gptd %s: -m MODEL_DIR is required\n%s", cmd, usage);
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+int cmd_tokenize(int argc, char **argv) {
+    struct tok_args a;
+    int rc = parse_args(argc, argv, 1, &a, tokenize_usage);
+    if (rc != 0 || a.is_help) {
+        if (a.is_help) {
+            fputs(tokenize_usage, stdout);
+        }
+        return rc;
+    }
+    char err[512];
+    struct tokenizer *tok = tokenizer_load(a.model_dir, err, sizeof(err));
+    if (tok == NULL) {
+        fprintf(stderr, "gptd tokenize: %s\n", err);
+        return 1;
+    }
+    rc = 1;
+    size_t n_text = 0;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    char *text = read_all(a.input, &n_text);
+    if (text == NULL) {
+        goto cleanup;
+    }
+    int flags = a.is_no_special ? 0 : TOKENIZER_PARSE_SPECIAL;
+    if (tokenizer_encode(tok, text, n_text, flags, &ids, &n_ids, err, sizeof(err)) != 0) {
+        fprintf(stderr, "gptd tokenize: %s\n", err);
+        goto cleanup;
+    }
+    fputs(a.is_json ? "[" : "", stdout);
+    for (size_t i = 0; i < n_ids; i++) {
+        printf("%s%" PRId32, i == 0 ? "" : a.is_json ? ", " : " ", ids[i]);
+    }
+    fputs(a.is_json ? "]\n" : "\n", stdout);
+    rc = fflush(stdout) == 0 ? 0 : 1;
+cleanup:
+    free(ids);
+    free(text);
+    tokenizer_destroy(tok);
+    return rc;
+}
+
+/* Parses a JSON array of ids, each checked against the vocabulary. Returns a malloc'd array. */
+static int32_t *parse_ids(const char *text, size_t n_text, const struct tokenizer *tok,
+                          size_t *n_ids) {
+    cJSON *root = cJSON_ParseWithLength(text, n_text);
+    int32_t *ids = NULL;
+    if (!cJSON_IsArray(root)) {
+        fprintf(stderr, "gptd detokenize: the input is not a JSON array of token ids\n");
+        goto cleanup;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(root);
+    ids = malloc((n + 1) * sizeof(*ids));
+    if (ids == NULL) {
+        fprintf(stderr, "gptd detokenize: out of memory\n");
+        goto cleanup;
+    }
+    size_t i = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, root) {
+        double d = cJSON_IsNumber(item) ? item->valuedouble : -1.0;
+        size_t n_bytes;
+        if (!(d >= 0.0 && d < 2147483647.0) || (double)(int32_t)d != d ||
+            tokenizer_token_bytes(tok, (int32_t)d, &n_bytes) == NULL) {
+            fprintf(stderr, "gptd detokenize: element %zu is not a valid token id (0..%d)\n", i,
+                    (int)tokenizer_n_vocab(tok) - 1);
+            free(ids);
+            ids = NULL;
+            goto cleanup;
+        }
+        ids[i++] = (int32_t)d;
+    }
+    *n_ids = i;
+cleanup:
+    cJSON_Delete(root);
+    return ids;
+}
+
+int cmd_detokenize(int argc, char **argv) {
+    struct tok_args a;
+    int rc = parse_args(argc, argv, 0, &a, detokenize_usage);
+    if (rc != 0 || a.is_help) {
+        if (a.is_help) {
+            fputs(detokenize_usage, stdout);
+        }
+        return rc;
+    }
+    char err[512];
+    struct tokenizer *tok = tokenizer_load(a.model_dir, err, sizeof(err));
+    if (tok == NULL) {
+        fprintf(stderr, "gptd detokenize: %s\n", err);
+        return 1;
+    }
+    rc = 1;
+    size_t n_text = 0;
+    size_t n_ids = 0;
+    int32_t *ids = NULL;
+    char *out = NULL;
+    char *text = read_all(a.input, &n_text);
+    if (text == NULL) {
+        goto cleanup;
+    }
+    ids = parse_ids(text, n_text, tok, &n_ids);
+    if (ids == NULL) {
+        goto cleanup;
+    }
+    size_t n_out;
+    out = tokenizer_decode(tok, ids, n_ids, &n_out);
+    if (out == NULL) {
+        fprintf(stderr, "gptd detokenize: out of memory\n");
+        goto cleanup;
+    }
+    fwrite(out, 1, n_out, stdout);
+    rc = fflush(stdout) == 0 ? 0 : 1;
+cleanup:
+    free(out);
+    free(ids);
+    free(text);
+    tokenizer_destroy(tok);
+    return rc;
+}
