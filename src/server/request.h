@@ -1,0 +1,121 @@
+/*
+ * request.h: the pure part of POST /v1/completions (and /tokenize, /detokenize): request body
+ * bytes -> a validated struct completion_request, or an OpenAI error object's fields.
+ *
+ * No HTTP and no engine here, so every rule of reliability.md's catalogue B/F that needs no
+ * model is unit-tested directly (tests/test_server_request.c). Called on HTTP threads; every
+ * function is a pure function of its arguments (the tokenizer is thread-safe).
+ *
+ * Parsing rules (cJSON 1.7.15 passes invalid UTF-8 through, truncates at \u0000, returns the
+ * first of duplicate keys, matches keys case-insensitively with its plain getter and saturates
+ * valueint): a lexical pre-scan rejects raw NULs, \u0000 escapes and invalid UTF-8 inside
+ * strings and absurd nesting; cJSON_ParseWithLengthOpts with require_null_terminated rejects
+ * trailing garbage; a tree walk rejects duplicate keys; fields are read with the case-sensitive
+ * getter and numbers from valuedouble (finite, integral where an integer is expected, in range).
+ * Error messages are fixed text plus numbers we parsed: request bytes are never echoed.
+ */
+#ifndef GPTD_SERVER_REQUEST_H
+#define GPTD_SERVER_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <gptd/sampling.h>
+#include <gptd/tokenizer.h>
+
+/* One OpenAI error object plus its HTTP status. type/code/param point at static strings. */
+struct api_error {
+    int status;        /* HTTP status: 400, 401, 404, 413, 503, ... */
+    const char *type;  /* "invalid_request_error", "overloaded_error", ... */
+    const char *code;  /* "invalid_json", ...; NULL = JSON null */
+    const char *param; /* request field name; NULL = JSON null */
+    char message[256];
+};
+
+/* Fills *e; returns -1 so that parsers can `return api_error_set(...)`. */
+int api_error_set(struct api_error *e, int status, const char *type, const char *code,
+                  const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* Limits a request is validated against (from the model and the server's flags). */
+struct request_limits {
+    int32_t n_vocab;        /* token ids must be < n_vocab; 0 = unknown (no upper check) */
+    int32_t n_ctx;          /* model context: prompt + max_tokens must fit; 0 = unknown */
+    int32_t max_tokens_cap; /* largest max_tokens accepted; 0 = n_ctx (or INT32_MAX) */
+    int32_t max_n;          /* largest n and best_of */
+    int32_t max_prompts;    /* prompts in one request (array forms) */
+    size_t max_token_bytes; /* longest token's bytes: bounds the token count from below
+                               before tokenizing (0 = skip that early check) */
+};
+
+/* Defaults: unknown vocabulary and context, max_n 16, max_prompts 16. */
+void request_limits_init_default(struct request_limits *lim);
+
+/* One prompt: text (string forms) and/or token ids (id forms, or after request_tokenize). */
+struct prompt {
+    char *text; /* owned; valid UTF-8 without NULs, NUL-terminated; NULL for the id forms */
+    size_t text_len;
+    int32_t *ids; /* owned; (n_ids,) */
+    size_t n_ids;
+};
+
+/* A validated completion request. Plain data plus owned prompt arrays (request_finish). */
+struct completion_request {
+    struct prompt *prompts; /* (n_prompts,) owned; each prompt gives n choices */
+    size_t n_prompts;
+    bool has_model;     /* "model" was a string; its value is not kept (the served name answers) */
+    bool model_matches; /* it equals the served model's name (for --strict-model) */
+    struct sampling_params sampling; /* sampling.max_tokens = max(max_tokens, 1) */
+    int32_t max_tokens;              /* as requested: 0 only with echo */
+    int32_t n;                       /* choices per prompt */
+    int32_t best_of;                 /* sequences per prompt (>= n) */
+    bool use_beam_search;
+    float length_penalty;
+    bool stream;
+    bool include_usage; /* stream_options.include_usage */
+    bool echo;
+};
+
+/* Zeroes *r (so request_finish is safe on it). */
+void request_init(struct completion_request *r);
+/* Frees the prompts; *r is re-initialised. */
+void request_finish(struct completion_request *r);
+
+/*
+ * Parses and validates a /v1/completions body (body[0..len), need not be NUL-terminated).
+ * served_model is the name the server answers to (for has_model/model_matches; may be NULL).
+ * Returns 0 and fills *out (the caller calls request_finish), or -1 with *err filled (400) and
+ * *out left empty.
+ */
+int request_parse_completion(const char *body, size_t len, const struct request_limits *lim,
+                             const char *served_model, struct completion_request *out,
+                             struct api_error *err);
+
+/*
+ * Tokenizes every text prompt (ids stay as given) and checks the context rule:
+ * prompt tokens + max_tokens <= n_ctx, else 400 context_length_exceeded (param "prompt" when
+ * the prompt alone does not fit, "max_tokens" otherwise) with both numbers in the message.
+ * Returns 0 or -1 with *err filled.
+ */
+int request_tokenize(struct completion_request *r, struct tokenizer *tok,
+                     const struct request_limits *lim, struct api_error *err);
+
+/*
+ * Body checks shared by every JSON route: the pre-scan, the strict parse and the duplicate-key
+ * walk. Returns the parsed tree (the caller cJSON_Delete()s it; a cJSON tree never leaves the
+ * server module) or NULL with *err filled. Declared with void * so that this header does not
+ * pull in cJSON.
+ */
+void *request_parse_json(const char *body, size_t len, struct api_error *err);
+
+/* POST /tokenize: {"prompt": string, "add_special_tokens"?: bool}. On success *text is a
+ * malloc'd NUL-terminated copy (the caller frees). Returns 0 or -1 with *err. */
+int request_parse_tokenize(const char *body, size_t len, char **text, size_t *text_len,
+                           struct api_error *err);
+
+/* POST /detokenize: {"tokens": [ids]}. On success *ids is malloc'd (non-NULL even when empty).
+ * Returns 0 or -1 with *err. */
+int request_parse_detokenize(const char *body, size_t len, const struct request_limits *lim,
+                             int32_t **ids, size_t *n_ids, struct api_error *err);
+
+#endif
