@@ -266,9 +266,9 @@ static void request_preempt(struct engine *e, struct engine_request *req) {
         if (seq->state == SEQ_STATE_FINISHED) {
             continue;
         }
-        kv_seq_finish(e->kv, &seq->kv);
-        kv_seq_init(&seq->kv, e->kv); /* cannot fail: the table was just freed */
+        kv_seq_truncate(e->kv, &seq->kv, 0);
         seq->n_computed = 0;
+        seq->has_cand = false;
         if (seq->state == SEQ_STATE_RUNNING) {
             seq->state = SEQ_STATE_WAITING;
         }
@@ -725,6 +725,234 @@ static void fork_group(struct engine *e, struct seq *seq0) {
     }
 }
 
+/* ---- beam search ------------------------------------------------------------------------ */
+
+/* Stores seq's best next tokens (raw log-softmax) for the pending beam step. */
+static void beam_store_candidates(struct engine *e, struct seq *seq, const float *row) {
+    int32_t w = seq->req->n_seqs;
+    struct engine_logprob top[ENGINE_MAX_BEAMS * 2];
+    /* 2W candidates per beam: up to W of them may be EOS when EOS ends hypotheses. */
+    int32_t k = 2 * w;
+    row_logprobs(row, e->n_vocab, 0, k, top);
+    for (int32_t i = 0; i < k; i++) {
+        seq->cand_id[i] = top[i].id;
+        seq->cand_lp[i] = top[i].logprob;
+    }
+    seq->n_cand = k;
+    seq->has_cand = true;
+}
+
+static double beam_normalised(double sum, int32_t len, float length_penalty) {
+    return sum / pow((double)(len > 0 ? len : 1), (double)length_penalty);
+}
+
+struct beam_cand {
+    double score;
+    int32_t parent;
+    int32_t token;
+};
+
+/* Emits the n best of the finished hypotheses and running beams, best first, and ends the
+ * request's sequences. */
+static void beam_finalize(struct engine *e, struct engine_request *req) {
+    const struct engine_request_params *p = &req->params;
+    int32_t w = req->n_seqs;
+    int32_t max_tokens = p->sampling.max_tokens > 0 ? p->sampling.max_tokens : 1;
+    /* Candidates: hypotheses 0..n_hyps-1, then running beams as n_hyps + i. */
+    int32_t n_all = req->n_hyps + w;
+    int32_t order[ENGINE_MAX_BEAMS * 2];
+    double score[ENGINE_MAX_BEAMS * 2];
+    for (int32_t i = 0; i < n_all; i++) {
+        bool is_hyp = i < req->n_hyps;
+        const struct seq *seq = is_hyp ? NULL : &req->seqs[i - req->n_hyps];
+        double sum = is_hyp ? req->hyp_sum[i] : seq->beam_score;
+        int32_t len = is_hyp ? req->hyp_len[i] : seq->n_generated;
+        score[i] = beam_normalised(sum, len, p->length_penalty);
+        int32_t pos = i;
+        while (pos > 0 && score[order[pos - 1]] < score[i]) {
+            order[pos] = order[pos - 1];
+            pos--;
+        }
+        order[pos] = i;
+    }
+    struct engine_event ev;
+    char piece[ENGINE_EVENT_TEXT_MAX];
+    request_lock(req);
+    for (int32_t r = 0; r < p->n && r < n_all; r++) {
+        int32_t c = order[r];
+        bool is_hyp = c < req->n_hyps;
+        const struct seq *seq = is_hyp ? NULL : &req->seqs[c - req->n_hyps];
+        const int32_t *gen =
+            is_hyp ? req->hyp_tokens + (size_t)c * (size_t)max_tokens : seq->tokens + req->n_prompt;
+        int32_t len = is_hyp ? req->hyp_len[c] : seq->n_generated;
+        struct detok d;
+        detok_init(&d, e->tok);
+        for (int32_t t = 0; t < len; t++) {
+            event_init(&ev, ENGINE_EVENT_TOKEN, r);
+            ev.token = gen[t];
+            size_t n = detok_feed(&d, gen[t], piece, sizeof(piece));
+            if (t == len - 1) {
+                n += detok_flush(&d, piece + n, sizeof(piece) - n);
+            }
+            push_text_locked(req, &ev, piece, n);
+        }
+        event_init(&ev, ENGINE_EVENT_FINISH, r);
+        ev.finish_reason = is_hyp ? ENGINE_FINISH_STOP : ENGINE_FINISH_LENGTH;
+        ev.stop_token = is_hyp ? e->eos_id : -1;
+        ev.n_prompt_tokens = req->n_prompt;
+        ev.n_completion_tokens = len + (is_hyp ? 1 : 0);
+        ev.sum_logprob = is_hyp ? req->hyp_sum[c] : seq->beam_score;
+        push_locked(req, &ev);
+    }
+    request_unlock_notify(req);
+    for (int32_t i = 0; i < w; i++) {
+        struct seq *seq = &req->seqs[i];
+        if (seq->state != SEQ_STATE_FINISHED) {
+            seq->state = SEQ_STATE_FINISHED;
+            kv_seq_truncate(e->kv, &seq->kv, 0);
+            req->n_finished++;
+            e->n_running_seqs--;
+        }
+    }
+}
+
+/* One step of beam search once every beam has its candidates: keep the W best continuations
+ * over all beams (an EOS among the W best ends a hypothesis instead), reassigning each beam's
+ * tokens and KV blocks (shared by forking, copied on write). */
+static void beam_step(struct engine *e, struct engine_request *req) {
+    const struct engine_request_params *p = &req->params;
+    int32_t w = req->n_seqs;
+    bool is_first = req->seqs[0].n_generated == 0;
+    int32_t n_from = is_first ? 1 : w; /* at first all beams are the same prompt */
+    struct beam_cand cand[ENGINE_MAX_BEAMS * 2 * ENGINE_MAX_BEAMS];
+    int32_t n_cand = 0;
+    for (int32_t b = 0; b < n_from; b++) {
+        const struct seq *seq = &req->seqs[b];
+        for (int32_t j = 0; j < seq->n_cand; j++) {
+            struct beam_cand c = {seq->beam_score + seq->cand_lp[j], b, seq->cand_id[j]};
+            int32_t pos = n_cand++;
+            while (pos > 0 && cand[pos - 1].score < c.score) {
+                cand[pos] = cand[pos - 1];
+                pos--;
+            }
+            cand[pos] = c;
+        }
+    }
+    int32_t max_tokens = p->sampling.max_tokens;
+    bool eos_ends = !p->sampling.ignore_eos && e->eos_id >= 0;
+    struct beam_cand chosen[ENGINE_MAX_BEAMS];
+    int32_t n_chosen = 0;
+    for (int32_t r = 0; r < n_cand && n_chosen < w; r++) {
+        if (eos_ends && cand[r].token == e->eos_id) {
+            /* As Hugging Face does: an EOS ranked among the W best ends a hypothesis. */
+            if (r < w) {
+                const struct seq *parent = &req->seqs[cand[r].parent];
+                int32_t slot = req->n_hyps;
+                double s = beam_normalised(cand[r].score, parent->n_generated, p->length_penalty);
+                if (slot == w) { /* full: replace the worst if this one is better */
+                    slot = -1;
+                    double worst = INFINITY;
+                    for (int32_t h = 0; h < w; h++) {
+                        double hs =
+                            beam_normalised(req->hyp_sum[h], req->hyp_len[h], p->length_penalty);
+                        if (hs < worst && hs < s) {
+                            worst = hs;
+                            slot = h;
+                        }
+                    }
+                } else {
+                    req->n_hyps++;
+                }
+                if (slot >= 0) {
+                    memcpy(req->hyp_tokens + (size_t)slot * (size_t)max_tokens,
+                           parent->tokens + req->n_prompt,
+                           (size_t)parent->n_generated * sizeof(int32_t));
+                    req->hyp_len[slot] = parent->n_generated;
+                    req->hyp_sum[slot] = cand[r].score;
+                }
+            }
+            continue;
+        }
+        chosen[n_chosen++] = cand[r];
+    }
+    /* Fork every new beam from its parent into the spare tables, then swap them in. */
+    int32_t parent_n_tokens[ENGINE_MAX_BEAMS], parent_n_computed[ENGINE_MAX_BEAMS],
+        parent_n_generated[ENGINE_MAX_BEAMS];
+    for (int32_t i = 0; i < w; i++) {
+        parent_n_tokens[i] = req->seqs[i].n_tokens;
+        parent_n_computed[i] = req->seqs[i].n_computed;
+        parent_n_generated[i] = req->seqs[i].n_generated;
+    }
+    for (int32_t i = 0; i < n_chosen; i++) {
+        struct seq *seq = &req->seqs[i];
+        const struct seq *parent = &req->seqs[chosen[i].parent];
+        kv_seq_fork(e->kv, &seq->spare_kv, &parent->kv);
+        memcpy(seq->spare_tokens, parent->tokens,
+               (size_t)parent_n_tokens[chosen[i].parent] * sizeof(int32_t));
+    }
+    for (int32_t i = 0; i < w; i++) {
+        struct seq *seq = &req->seqs[i];
+        seq->has_cand = false;
+        kv_seq_truncate(e->kv, &seq->kv, 0);
+        if (i >= n_chosen) {
+            continue; /* cannot happen with W >= 1 and 2W candidates per beam */
+        }
+        int32_t pi = chosen[i].parent;
+        struct kv_seq tmp_kv = seq->kv;
+        seq->kv = seq->spare_kv;
+        seq->spare_kv = tmp_kv;
+        int32_t *tmp_tokens = seq->tokens;
+        seq->tokens = seq->spare_tokens;
+        seq->spare_tokens = tmp_tokens;
+        seq->n_tokens = parent_n_tokens[pi];
+        seq->n_computed = parent_n_computed[pi];
+        seq->n_generated = parent_n_generated[pi];
+        seq->tokens[seq->n_tokens++] = chosen[i].token;
+        seq->n_generated++;
+        seq->beam_score = chosen[i].score;
+    }
+    atomic_fetch_add(&e->m_generation_tokens, (uint64_t)n_chosen);
+
+    int32_t len = req->seqs[0].n_generated;
+    bool is_done = len >= max_tokens || req->seqs[0].n_tokens >= e->mc->n_ctx ||
+                   req->seqs[0].n_tokens >= req->seqs[0].cap_tokens;
+    if (!is_done && req->n_hyps == w) {
+        /* Hugging Face's early_stopping=False rule: done when the best running beam, at its
+         * current length, cannot beat the worst finished hypothesis. */
+        double worst = INFINITY;
+        for (int32_t h = 0; h < w; h++) {
+            double hs = beam_normalised(req->hyp_sum[h], req->hyp_len[h], p->length_penalty);
+            worst = hs < worst ? hs : worst;
+        }
+        is_done = beam_normalised(chosen[0].score, len, p->length_penalty) <= worst;
+    }
+    if (is_done) {
+        beam_finalize(e, req);
+    }
+}
+
+/* Runs the beam step of every beam request whose beams all have their candidates. */
+static void beam_steps(struct engine *e) {
+    for (int32_t i = 0; i < e->n_running_reqs; i++) {
+        struct engine_request *req = e->running[i];
+        if (!req->params.use_beam_search || req->n_finished == req->n_seqs) {
+            continue;
+        }
+        bool is_ready = true;
+        bool is_first = req->seqs[0].n_generated == 0;
+        for (int32_t b = 0; b < (is_first ? 1 : req->n_seqs); b++) {
+            is_ready = is_ready && req->seqs[b].has_cand;
+        }
+        if (is_ready) {
+            if (is_first && req->params.sampling.max_tokens == 0) {
+                beam_finalize(e, req);
+            } else {
+                beam_step(e, req);
+            }
+        }
+    }
+}
+
 static void retire_finished(struct engine *e, int64_t now_us) {
     for (int32_t i = e->n_running_reqs - 1; i >= 0; i--) {
         struct engine_request *req = e->running[i];
@@ -790,7 +1018,12 @@ static void engine_step(struct engine *e) {
             emit_prompt_logprobs(e, seq->req, end - b->n_logits, b->n_logits, row);
         }
         const float *last = row + (size_t)(b->n_logits - 1) * (size_t)e->n_vocab;
-        if (seq->n_computed == seq->n_tokens) {
+        if (seq->n_computed == seq->n_tokens && seq->req->params.use_beam_search) {
+            if (seq->index == 0 && seq->n_generated == 0) {
+                fork_group(e, seq);
+            }
+            beam_store_candidates(e, seq, last);
+        } else if (seq->n_computed == seq->n_tokens) {
             if (seq->index == 0 && seq->n_generated == 0) {
                 fork_group(e, seq);
                 for (int32_t j = 1; j < seq->req->n_seqs; j++) {
@@ -805,6 +1038,7 @@ static void engine_step(struct engine *e) {
         }
         row += (size_t)b->n_logits * (size_t)e->n_vocab;
     }
+    beam_steps(e);
     retire_finished(e, now);
     int64_t t1 = time_now_us();
     atomic_fetch_add(&e->m_steps, 1);

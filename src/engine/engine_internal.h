@@ -18,8 +18,9 @@
 
 #include <gptd/engine.h>
 
-#define ENGINE_RING_MIN 64
-#define ENGINE_RING_MAX 65536
+#define ENGINE_RING_MIN  64
+#define ENGINE_MAX_BEAMS 16
+#define ENGINE_RING_MAX  65536
 
 enum seq_state {
     SEQ_STATE_WAITING = 0, /* not admitted (new, or preempted: KV freed, tokens kept) */
@@ -44,8 +45,14 @@ struct seq {
     struct stop_matcher *stop;
     double sum_logprob;
     int64_t t_last_token_us;
-    /* beam search */
-    float beam_score;
+    /* Beam search only. */
+    double beam_score; /* sum of the beam's token logprobs */
+    bool has_cand;     /* cand_* hold this beam's best next tokens for the pending step */
+    int32_t n_cand;
+    int32_t cand_id[2 * ENGINE_MAX_BEAMS];
+    float cand_lp[2 * ENGINE_MAX_BEAMS];
+    int32_t *spare_tokens;  /* (cap_tokens,) swapped with tokens when beams are reassigned */
+    struct kv_seq spare_kv; /* an empty table swapped likewise */
 };
 
 struct engine_request {
@@ -68,6 +75,11 @@ struct engine_request {
 
     /* Engine thread only. */
     struct seq *seqs; /* (n_seqs,) */
+    /* Beam search: finished hypotheses (ended by EOS), at most n_seqs. */
+    int32_t n_hyps;
+    int32_t *hyp_tokens; /* (n_seqs, max_tokens) generated tokens of each hypothesis */
+    int32_t *hyp_len;    /* (n_seqs,) */
+    double *hyp_sum;     /* (n_seqs,) sum of token logprobs */
     int32_t n_finished;
     int32_t n_prompt_logprobs_done; /* prompt positions whose logprobs were emitted */
     int64_t t_submit_us, t_admit_us, t_first_token_us;

@@ -33,6 +33,13 @@ static int seq_setup(struct engine *engine, struct engine_request *req, struct s
     }
     memcpy(seq->tokens, req->prompt, (size_t)req->n_prompt * sizeof(int32_t));
     seq->n_tokens = req->n_prompt;
+    if (p->use_beam_search) {
+        seq->spare_tokens = malloc((size_t)seq->cap_tokens * sizeof(int32_t));
+        if (seq->spare_tokens == NULL || kv_seq_init(&seq->spare_kv, engine->kv) != 0) {
+            set_err(err, err_size, "out of memory");
+            return -1;
+        }
+    }
     /* The sampler needs logprobs to rank best_of candidates even when the client asked for
      * none; events only carry them when the client did. */
     struct sampling_params sp = p->sampling;
@@ -84,8 +91,9 @@ struct engine_request *engine_request_create(const struct engine *cengine,
         set_err(err, err_size, "max_tokens must be >= 0");
         goto fail;
     }
-    if (params->use_beam_search) {
-        set_err(err, err_size, "beam search is not supported yet");
+    if (params->use_beam_search && params->best_of > ENGINE_MAX_BEAMS) {
+        snprintf(err, err_size, "beam search supports at most %d beams (best_of)",
+                 ENGINE_MAX_BEAMS);
         goto fail;
     }
     if ((int64_t)params->n_prompt + params->sampling.max_tokens > engine->mc->n_ctx) {
@@ -129,12 +137,26 @@ struct engine_request *engine_request_create(const struct engine *cengine,
             goto fail;
         }
     }
+    if (params->use_beam_search) {
+        size_t n = (size_t)req->n_seqs;
+        size_t per = (size_t)(params->sampling.max_tokens > 0 ? params->sampling.max_tokens : 1);
+        req->hyp_tokens = malloc(n * per * sizeof(int32_t));
+        req->hyp_len = calloc(n, sizeof(int32_t));
+        req->hyp_sum = calloc(n, sizeof(double));
+        if (req->hyp_tokens == NULL || req->hyp_len == NULL || req->hyp_sum == NULL) {
+            set_err(err, err_size, "out of memory");
+            goto fail;
+        }
+    }
     *status = ENGINE_OK;
     return req;
 fail:
     if (req != NULL) {
         request_free_seqs(engine, req);
         free(req->seqs);
+        free(req->hyp_tokens);
+        free(req->hyp_len);
+        free(req->hyp_sum);
         free(req->prompt);
         free(req->ring);
         pthread_mutex_destroy(&req->lock);
@@ -151,6 +173,8 @@ void request_free_seqs(struct engine *engine, struct engine_request *req) {
     for (int32_t i = 0; i < req->n_seqs; i++) {
         struct seq *seq = &req->seqs[i];
         kv_seq_finish(engine->kv, &seq->kv);
+        kv_seq_finish(engine->kv, &seq->spare_kv);
+        free(seq->spare_tokens);
         sampler_destroy(seq->sampler);
         stop_matcher_destroy(seq->stop);
         free(seq->tokens);
@@ -163,6 +187,9 @@ static void request_free(struct engine_request *req) {
      * was never admitted (rejected at submit) still has them, with no KV blocks in use. */
     request_free_seqs(req->engine, req);
     free(req->seqs);
+    free(req->hyp_tokens);
+    free(req->hyp_len);
+    free(req->hyp_sum);
     free(req->prompt);
     free(req->ring);
     pthread_mutex_destroy(&req->lock);
