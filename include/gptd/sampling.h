@@ -196,6 +196,13 @@ int32_t sampler_sample(struct sampler *s, const float *logits, struct sample_res
  */
 enum sampler_finish sampler_accept(struct sampler *s, int32_t token);
 
+/*
+ * Steps 1-2 only (logit_bias, min_tokens bans, penalties) applied to logits (n_vocab,), written
+ * to out (n_vocab,); no draw, no state change. For tests and debugging: it shows exactly what
+ * sampler_sample() feeds to temperature and the filters.
+ */
+void sampler_processed_logits(struct sampler *s, const float *logits, float *out);
+
 /* Tokens accepted so far. */
 int32_t sampler_n_generated(const struct sampler *s);
 

@@ -483,6 +483,12 @@ static int32_t draw_filtered(struct sampler *s, float max, double u, struct samp
     return c[n - 1].id; /* rounding; n >= 1 because the maximum always survives */
 }
 
+void sampler_processed_logits(struct sampler *s, const float *logits, float *out) {
+    memcpy(s->work, logits, (size_t)s->n_vocab * sizeof(*s->work));
+    apply_bias_and_penalties(s);
+    memcpy(out, s->work, (size_t)s->n_vocab * sizeof(*out));
+}
+
 int32_t sampler_sample(struct sampler *s, const float *logits, struct sample_result *out) {
     const struct sampling_params *p = &s->params;
     out->token_id = -1;
