@@ -24,13 +24,17 @@
 #define MAX_TOKEN_ID (1 << 24)
 
 /*
- * The GPT-2 split pattern. \s is spelled [\s\x{85}] because PCRE2 (10.42) leaves U+0085 (NEL)
- * out of \s while Unicode's White_Space, and so Python's regex, Rust's regex (tiktoken) and
- * Oniguruma (Hugging Face), include it.
+ * The GPT-2 split pattern,
+ *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ * with one correction: PCRE2 (10.42) counts U+180E MONGOLIAN VOWEL SEPARATOR as \s, while
+ * Unicode's White_Space property (since Unicode 6.3) and Python's regex module, which the
+ * original encoder uses, do not. Every other code point agrees (we compared PCRE2's \s with
+ * Python regex's over the whole code space). So \s is spelled [^\S\x{180e}], \S is [\S\x{180e}],
+ * and the "other" class takes U+180E back.
  */
 static const char split_pattern[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\x{85}\\p{L}\\p{N}]+"
-    "|[\\s\\x{85}]+(?![^\\s\\x{85}])|[\\s\\x{85}]+";
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?(?:[^\\s\\p{L}\\p{N}]|\\x{180e})+"
+    "|[^\\S\\x{180e}]+(?![\\S\\x{180e}])|[^\\S\\x{180e}]+";
 
 /* A vocabulary entry as the file spells it (byte-level characters). Borrowed strings. */
 struct vocab_entry {
