@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # meson.build's dependency() calls and with docker/Dockerfile's runtime stage.
 PACKAGES=(
     build-essential meson ninja-build pkg-config git
-    libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev check
+    libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev check
     valgrind clang-format
 )
 

@@ -1,0 +1,119 @@
+/*
+ * server.h: the HTTP front end: an OpenAI-compatible API on libmicrohttpd (POST /v1/completions
+ * with SSE streaming, GET /v1/models, /health, /livez, /metrics, POST /tokenize, /detokenize).
+ *
+ * Who calls it: `gptd serve` (src/cli/serve.c) on the main thread: server_options_* to build the
+ * configuration from flags, GPTD_* environment variables and a JSON file; server_create to start
+ * listening (possibly before the model is loaded: /health answers 503 "loading" until
+ * server_set_engine); server_begin_drain on SIGTERM; server_stop + server_destroy at the end.
+ * Requests are served by libmicrohttpd's internal thread pool; no HTTP thread ever waits for
+ * the engine: a connection with nothing to send is suspended and resumed by the engine's notify
+ * callback (or by the server's 1 s ticker, which sends SSE pings and notices dead clients).
+ */
+#ifndef GPTD_SERVER_H
+#define GPTD_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <gptd/engine.h>
+#include <gptd/model.h>
+#include <gptd/tokenizer.h>
+
+#define SERVER_MAX_API_KEYS     16
+#define SERVER_MAX_CORS_ORIGINS 16
+
+struct server_config {
+    char host[256];                      /* address to bind; default 127.0.0.1 */
+    int port;                            /* default 8080; 0 = an ephemeral port (see server_port) */
+    int n_threads;                       /* libmicrohttpd thread pool, default 4 */
+    int connection_timeout_s;            /* idle connection timeout, default 30 */
+    int connection_limit;                /* open connections, default 1024 */
+    int per_ip_connection_limit;         /* default 0 = no per-IP limit */
+    size_t connection_memory_bytes;      /* per-connection pool (request line + headers), 64 KiB */
+    size_t max_body_bytes;               /* request body cap, default 1 MiB -> 413 */
+    int max_prompts;                     /* prompts per request, default 16 */
+    int max_n;                           /* n and best_of, default 16 */
+    int max_tokens_cap;                  /* largest max_tokens, default 0 = the model's context */
+    char served_model_name[128];         /* default: the model directory's base name */
+    bool strict_model;                   /* a request naming another model gets 404 */
+    char *api_keys[SERVER_MAX_API_KEYS]; /* borrowed; empty = no authentication */
+    int n_api_keys;
+    bool metrics_public; /* /metrics without a key even when keys are set (default false) */
+    char *cors_origins[SERVER_MAX_CORS_ORIGINS]; /* borrowed; exact origins allowed */
+    int n_cors_origins;
+    int ping_interval_ms; /* SSE `: ping` while nothing is produced, default 1000 */
+    bool access_log;      /* one JSON line per request on stdout, default true */
+};
+
+void server_config_init_default(struct server_config *cfg);
+
+struct server;
+
+/*
+ * Binds and starts serving. The engine may come later (server_set_engine): until then every
+ * route but /livez answers 503 "loading". Returns NULL with a message in err on failure.
+ * The config is copied (its key and origin strings stay borrowed).
+ */
+struct server *server_create(const struct server_config *cfg, char *err, size_t err_size);
+
+/* The port actually bound (useful with port 0). */
+int server_port(const struct server *s);
+
+/* Attaches the loaded model's engine and tokenizer (borrowed; they must outlive the server's
+ * stop) and turns /health to 200. Main thread, once. */
+void server_set_engine(struct server *s, struct engine *engine, struct tokenizer *tok,
+                       const struct model_config *model_cfg);
+
+/* SIGTERM: from now on /health says 503 "draining" and new requests get 503; in-flight
+ * requests go on. Any thread. */
+void server_begin_drain(struct server *s);
+
+/* Completion requests still in flight (admitted to the engine and not yet finished). */
+int server_n_inflight(const struct server *s);
+
+/* Ends every remaining stream with an error event, resumes every suspended connection, stops
+ * libmicrohttpd. Call after engine_stop (so no request is still generating). Main thread. */
+void server_stop(struct server *s);
+
+/* Stops if needed and frees. NULL is a no-op. */
+void server_destroy(struct server *s);
+
+/*
+ * `gptd serve` options: every flag also settable by an environment variable (GPTD_<NAME>) and
+ * a JSON config file (key = the flag's name with dashes as underscores); precedence flags >
+ * environment > file > defaults.
+ */
+struct server_options {
+    char model_dir[1024];
+    char config_file[1024];
+    char api_key_file[1024];
+    char log_level[16];
+    int drain_timeout_s; /* default 30 */
+    int n_model_threads; /* 0 = leave the model's default */
+    struct server_config server;
+    struct engine_config engine;
+    /* Storage for strings the configs borrow (keys, origins); freed by server_options_finish. */
+    char *owned[2 * (SERVER_MAX_API_KEYS + SERVER_MAX_CORS_ORIGINS) + 8];
+    int n_owned;
+};
+
+/* Defaults everywhere. */
+void server_options_init(struct server_options *o);
+/* Frees the owned strings. */
+void server_options_finish(struct server_options *o);
+
+/*
+ * Applies the file named by --config / GPTD_CONFIG, then the environment (getenv_fn, which may
+ * be NULL for none, so tests can pass their own), then argv[1..argc) (argv[0] is the command
+ * name). Returns 0; 1 when --help was given (usage already printed to stdout); or -1 for a
+ * usage error with a one-line message in err.
+ */
+int server_options_load(struct server_options *o, int argc, char **argv,
+                        const char *(*getenv_fn)(const char *name), char *err, size_t err_size);
+
+/* The option list, for `gptd serve --help`. */
+void server_options_print_usage(void *file);
+
+#endif
