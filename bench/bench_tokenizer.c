@@ -183,6 +183,20 @@ int main(int argc, char **argv) {
     printf("decode, streaming:              %8.1f MB/s (%.0f ns/token)\n",
            mb_per_s(n_streamed, t_stream), (double)t_stream * 1e3 / (double)n_ids);
 
+    /* The worst case the issue names: one pre-token of 900,000 identical letters. */
+    size_t n_long = 900000;
+    char *long_text = malloc(n_long);
+    memset(long_text, 'a', n_long);
+    int32_t *long_ids = NULL;
+    size_t n_long_ids = 0;
+    t0 = time_now_us();
+    tokenizer_encode(tok, long_text, n_long, 0, &long_ids, &n_long_ids, NULL, 0);
+    int64_t t_long = time_now_us() - t0;
+    printf("encode, 900,000 x 'a' (one pre-token): %.1f ms, %zu tokens\n", (double)t_long / 1e3,
+           n_long_ids);
+    free(long_ids);
+    free(long_text);
+
     free(piece);
     free(back);
     free(ids);

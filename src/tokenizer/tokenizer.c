@@ -131,6 +131,12 @@ static int encode_span(struct encode_state *st, const char *text, size_t start, 
         /* NO_UTF_CHECK: the whole text was validated once; without it PCRE2 would re-check
          * the subject on every call, which is quadratic over a long text. */
         int rc = pcre2_match(tok->split_re, subject, end, at, PCRE2_NO_UTF_CHECK, st->md, NULL);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+            /* Not expected with this pattern (its repeats are plain character classes), but
+             * the interpreter keeps its backtracking frames on the heap, so retry there. */
+            rc = pcre2_match(tok->split_re, subject, end, at, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT,
+                             st->md, NULL);
+        }
         size_t m_start;
         size_t m_end;
         if (rc > 0) {
