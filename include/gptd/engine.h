@@ -92,6 +92,14 @@ struct engine_event {
     bool has_logprob;
     int32_t n_top; /* top alternatives below (logprobs = K) */
     struct engine_logprob top[ENGINE_EVENT_TOP_MAX];
+    /* TOKEN with sampling_params.candidates > 0 (the sampler's candidates extension): the
+     * most likely survivors of every filter with renormalised probabilities. */
+    int32_t n_survivors; /* nucleus size after all filters (1 for greedy); 0 if not reported */
+    int32_t n_candidates;
+    struct engine_candidate {
+        int32_t id;
+        float prob;
+    } candidates[SAMPLING_MAX_CANDIDATES];
     uint32_t text_len;                /* TOKEN: text that became final with this token */
     char text[ENGINE_EVENT_TEXT_MAX]; /* valid UTF-8, not NUL-terminated */
     /* FINISH */

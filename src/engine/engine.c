@@ -122,6 +122,8 @@ static void event_init(struct engine_event *ev, enum engine_event_type type, int
     ev->logprob = 0.0f;
     ev->has_logprob = false;
     ev->n_top = 0;
+    ev->n_survivors = 0;
+    ev->n_candidates = 0;
     ev->text_len = 0;
     ev->finish_reason = ENGINE_FINISH_NONE;
     ev->stop_reason[0] = '\0';
@@ -162,6 +164,8 @@ static void push_text_locked(struct engine_request *req, struct engine_event *ev
         ev->token = -1;
         ev->has_logprob = false;
         ev->n_top = 0;
+        ev->n_survivors = 0;
+        ev->n_candidates = 0;
     } while (off < len);
 }
 
@@ -700,6 +704,14 @@ static void seq_sample(struct engine *e, struct seq *seq, const float *row, int6
         for (int32_t i = 0; i < res->n_top_logprobs; i++) {
             ev.top[i].id = res->top_logprobs[i].token_id;
             ev.top[i].logprob = res->top_logprobs[i].logprob;
+        }
+    }
+    if (sp->candidates > 0) {
+        ev.n_survivors = res->n_survivors;
+        ev.n_candidates = res->n_candidates;
+        for (int32_t i = 0; i < res->n_candidates; i++) {
+            ev.candidates[i].id = res->candidates[i].token_id;
+            ev.candidates[i].prob = res->candidates[i].prob;
         }
     }
     push_text_locked(req, &ev, text, len);
