@@ -22,6 +22,7 @@ static const struct command commands[] = {
     {"version", cmd_version, "print the version and git revision"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"detokenize", cmd_detokenize, "print the text of a JSON array of token ids"},
+    {"serve", cmd_serve, "run the OpenAI-compatible HTTP server"},
     {"help", cmd_help, "print this help"},
 };
 

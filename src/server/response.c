@@ -129,6 +129,8 @@ struct prompt_state {
 struct seq_state {
     struct sbuf text; /* generated text (non-streamed) */
     struct lp_lists lp;
+    struct sbuf cand; /* candidates extension: elements of the list, comma-separated */
+    size_t n_cand;
     size_t n_chars; /* characters before the next token (text_offset), echo included */
     bool started;   /* stream: the echo chunk went out */
     bool finished;
@@ -172,6 +174,7 @@ struct completion_builder *completion_builder_create(const struct completion_met
     }
     for (int32_t i = 0; i < b->n_seqs; i++) {
         sbuf_init(&b->seqs[i].text);
+        sbuf_init(&b->seqs[i].cand);
         lp_init(&b->seqs[i].lp);
         b->seqs[i].stop_token = -1;
     }
@@ -192,6 +195,7 @@ void completion_builder_destroy(struct completion_builder *b) {
     if (b->seqs != NULL) {
         for (int32_t i = 0; i < b->n_seqs; i++) {
             sbuf_finish(&b->seqs[i].text);
+            sbuf_finish(&b->seqs[i].cand);
             lp_finish(&b->seqs[i].lp);
         }
     }
@@ -249,6 +253,20 @@ static void lp_add(const struct completion_builder *b, struct lp_lists *l, int32
     }
     sbuf_printf(&l->offsets, "%zu", offset);
     l->n++;
+}
+
+/* One element of the candidates extension list for a TOKEN event. */
+static void cand_add(const struct completion_builder *b, struct sbuf *out,
+                     const struct engine_event *ev) {
+    sbuf_printf(out, "{\"n_survivors\":%d,\"candidates\":[", ev->n_survivors);
+    for (int32_t k = 0; k < ev->n_candidates && k < SAMPLING_MAX_CANDIDATES; k++) {
+        sbuf_printf(out, "%s{\"id\":%d,\"token\":", k > 0 ? "," : "", ev->candidates[k].id);
+        token_string(b, out, ev->candidates[k].id);
+        sbuf_puts(out, ",\"prob\":");
+        sbuf_json_double(out, ev->candidates[k].prob);
+        sbuf_puts(out, "}");
+    }
+    sbuf_puts(out, "]}");
 }
 
 /* {"tokens":[...],"token_logprobs":[...],"top_logprobs":[...],"text_offset":[...]} of a then b
@@ -357,7 +375,7 @@ static void chunk_close(const struct completion_builder *b, struct sbuf *out) {
 /* One chunk with one choice. lp may be NULL (logprobs null); finished adds the reasons. */
 static void chunk_choice(const struct completion_builder *b, struct sbuf *out, int32_t index,
                          const char *text, size_t len, const struct lp_lists *lp,
-                         const struct seq_state *finished) {
+                         const struct engine_event *cand_ev, const struct seq_state *finished) {
     chunk_open(b, out);
     sbuf_printf(out, "{\"index\":%d,\"text\":", index);
     sbuf_json_string(out, text, len);
@@ -366,6 +384,13 @@ static void chunk_choice(const struct completion_builder *b, struct sbuf *out, i
         lp_render(out, NULL, lp);
     } else {
         sbuf_puts(out, "null");
+    }
+    if (b->cfg.candidates > 0) {
+        sbuf_puts(out, ",\"candidates\":[");
+        if (cand_ev != NULL) {
+            cand_add(b, out, cand_ev);
+        }
+        sbuf_puts(out, "]");
     }
     sbuf_puts(out, ",\"finish_reason\":");
     sbuf_json_cstr(out, finished != NULL ? finish_name(finished->finish) : NULL);
@@ -391,7 +416,7 @@ static void stream_start(struct completion_builder *b, int32_t i_prompt, int32_t
     }
     const struct prompt_state *p = &b->prompts[i_prompt];
     chunk_choice(b, out, index, p->text != NULL ? p->text : "", p->text_len,
-                 b->cfg.logprobs >= 0 ? &p->lp : NULL, NULL);
+                 b->cfg.logprobs >= 0 ? &p->lp : NULL, NULL, NULL);
 }
 
 int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
@@ -421,6 +446,9 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
     if (stream) {
         stream_start(b, i_prompt, out_index, s, sse);
     }
+    if (ev->type == ENGINE_EVENT_TOKEN && b->cfg.drop_generated) {
+        return 0;
+    }
     if (ev->type == ENGINE_EVENT_TOKEN) {
         size_t len = ev->text_len <= ENGINE_EVENT_TEXT_MAX ? ev->text_len : ENGINE_EVENT_TEXT_MAX;
         s->n_token_events++;
@@ -431,7 +459,7 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
         s->n_chars += utf8_count_chars(ev->text, len);
         bool want_lp = b->cfg.logprobs >= 0;
         if (stream) {
-            if (len == 0 && !want_lp) {
+            if (len == 0 && !want_lp && b->cfg.candidates <= 0) {
                 return 0; /* nothing final yet (held back for a stop string or a character) */
             }
             struct lp_lists one;
@@ -440,10 +468,15 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
                 lp_add(b, &one, ev->token, ev->has_logprob, ev->logprob, ev->top, ev->n_top,
                        offset);
             }
-            chunk_choice(b, sse, out_index, ev->text, len, want_lp ? &one : NULL, NULL);
+            chunk_choice(b, sse, out_index, ev->text, len, want_lp ? &one : NULL, ev, NULL);
             lp_finish(&one);
         } else {
             sbuf_append(&s->text, ev->text, len);
+            if (b->cfg.candidates > 0) {
+                sep(&s->cand, s->n_cand);
+                cand_add(b, &s->cand, ev);
+                s->n_cand++;
+            }
             if (want_lp) {
                 lp_add(b, &s->lp, ev->token, ev->has_logprob, ev->logprob, ev->top, ev->n_top,
                        offset);
@@ -467,8 +500,14 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
         if (ev->sum_logprob != 0) {
             s->sum_logprob = ev->sum_logprob;
         }
+        if (b->cfg.drop_generated) {
+            s->finish = ENGINE_FINISH_LENGTH;
+            s->stop_reason[0] = '\0';
+            s->stop_token = -1;
+            s->n_completion_tokens = 0;
+        }
         if (stream) {
-            chunk_choice(b, sse, out_index, "", 0, NULL, s);
+            chunk_choice(b, sse, out_index, "", 0, NULL, NULL, s);
         }
         return 0;
     }
@@ -573,6 +612,11 @@ void completion_builder_body(const struct completion_builder *b, struct sbuf *ou
                 }
             } else {
                 sbuf_puts(out, "null");
+            }
+            if (b->cfg.candidates > 0) {
+                sbuf_puts(out, ",\"candidates\":[");
+                sbuf_append(out, s->cand.data != NULL ? s->cand.data : "", s->cand.len);
+                sbuf_puts(out, "]");
             }
             sbuf_puts(out, ",\"finish_reason\":");
             sbuf_json_cstr(out, finish_name(s->finish));

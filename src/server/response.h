@@ -47,13 +47,18 @@ void completion_meta_init(struct completion_meta *m, const char *model, const ch
 
 struct completion_builder_config {
     int32_t n_prompts;
-    int32_t n;        /* choices returned per prompt */
-    int32_t best_of;  /* sequences per prompt (events carry index 0..best_of-1) */
-    int32_t logprobs; /* -1 off, else top-K per position */
+    int32_t n;          /* choices returned per prompt */
+    int32_t best_of;    /* sequences per prompt (events carry index 0..best_of-1) */
+    int32_t logprobs;   /* -1 off, else top-K per position */
+    int32_t candidates; /* > 0: the sampler's candidates extension: every choice gets a
+                           "candidates" list, one {"n_survivors", "candidates": [{id, token,
+                           prob}]} per generated token */
     bool echo;
     bool stream;
     bool include_usage;
-    int32_t eos_id; /* a FINISH by this token reports stop_reason null, as vLLM does */
+    int32_t eos_id;      /* a FINISH by this token reports stop_reason null, as vLLM does */
+    bool drop_generated; /* echo + max_tokens 0: the engine generates one token (its minimum),
+                            which is not reported: no text, 0 completion tokens, "length" */
     response_token_text_fn token_text;
     void *token_text_ctx; /* borrowed */
 };
