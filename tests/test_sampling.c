@@ -228,12 +228,13 @@ END_TEST
 
 /* The reference nucleus size: sort, accumulate, first prefix reaching top_p of the mass.
  * Returns -1 when the boundary is within rounding of the target (the vector is skipped). */
-static int32_t ref_nucleus(const float *l, int32_t v, float t, float top_p, int32_t *ids) {
-    sort_ids(l, v, ids);
+/* The same over the first v of ids (already sorted): top-k then top-p. */
+static int32_t ref_nucleus_sorted(const float *l, int32_t v, float t, float top_p,
+                                  const int32_t *ids) {
     float inv_t = 1.0f / t;
     double total = 0.0;
     for (int32_t i = 0; i < v; i++) {
-        total += expf((l[i] - l[ids[0]]) * inv_t);
+        total += expf((l[ids[i]] - l[ids[0]]) * inv_t);
     }
     double target = (double)top_p * total;
     double acc = 0.0;
@@ -241,13 +242,18 @@ static int32_t ref_nucleus(const float *l, int32_t v, float t, float top_p, int3
         double prev = acc;
         acc += expf((l[ids[i]] - l[ids[0]]) * inv_t);
         if (acc >= target) {
-            if (fabs(acc - target) < 1e-9 * total || fabs(prev - target) < 1e-9 * total) {
+            if (fabs(acc - target) < 1e-6 * total || fabs(prev - target) < 1e-6 * total) {
                 return -1;
             }
             return i + 1;
         }
     }
     return -1;
+}
+
+static int32_t ref_nucleus(const float *l, int32_t v, float t, float top_p, int32_t *ids) {
+    sort_ids(l, v, ids);
+    return ref_nucleus_sorted(l, v, t, top_p, ids);
 }
 
 START_TEST(test_sample_top_p_keeps_exactly_the_nucleus) {
@@ -287,6 +293,28 @@ START_TEST(test_sample_top_p_keeps_exactly_the_nucleus) {
         }
     }
     ck_assert_int_ge(checked, 50);
+    /* top_k = 2000 then top_p: the histogram path over a candidate list. */
+    checked = 0;
+    for (int round = 0; round < 6; round++) {
+        random_logits(l, V, 200 + (uint64_t)round, 0.7f);
+        sort_ids(l, V, ids);
+        int32_t m = ref_nucleus_sorted(l, 2000, 1.0f, 0.97f, ids);
+        if (m < 0) {
+            continue;
+        }
+        ck_assert_int_gt(m, 512);
+        struct sampling_params p = seeded(300 + (uint64_t)round);
+        p.top_k = 2000;
+        p.top_p = 0.97f;
+        struct sampler *s = make_sampler(&p, V, NULL, 0);
+        struct sample_result out;
+        int32_t tok = sampler_sample(s, l, &out);
+        ck_assert_int_eq(out.n_survivors, m);
+        ck_assert(l[tok] >= l[ids[m - 1]]);
+        sampler_destroy(s);
+        checked++;
+    }
+    ck_assert_int_ge(checked, 4);
 }
 END_TEST
 
@@ -601,9 +629,10 @@ START_TEST(test_same_seed_same_tokens_different_seed_different_tokens) {
 END_TEST
 
 START_TEST(test_one_draw_per_token_whatever_the_logits) {
-    /* Two samplers with one seed see different rows for 5 steps (one peaked, one flat, one of
-     * them greedy-like through top_k = 1); their 6th draws on a flat row must coincide, which
-     * they can only if each step consumed exactly one draw. */
+    /* Two samplers with the same seed and params see different rows for 5 steps (one peaked,
+     * one flat); their 6th draws on a flat row must coincide, which they can only if each step
+     * consumed exactly one draw. Once through the full-vocabulary path, once through the
+     * filtered one. */
     enum { V = 1000 };
     static float flat[V];
     static float peaked[V];
@@ -611,38 +640,22 @@ START_TEST(test_one_draw_per_token_whatever_the_logits) {
         flat[i] = 0.0f;
         peaked[i] = i == 7 ? 50.0f : 0.0f;
     }
-    struct sampling_params pa = seeded(99);
-    struct sampling_params pb = seeded(99);
-    pb.top_p = 0.999f;
-    struct sampler *a = make_sampler(&pa, V, NULL, 0);
-    struct sampler *b = make_sampler(&pb, V, NULL, 0);
-    struct sample_result out;
-    for (int i = 0; i < 5; i++) {
-        sampler_sample(a, peaked, &out);
-        sampler_sample(b, flat, &out);
+    for (int variant = 0; variant < 2; variant++) {
+        struct sampling_params p = seeded(99);
+        p.top_p = variant == 0 ? 1.0f : 0.999f;
+        struct sampler *a = make_sampler(&p, V, NULL, 0);
+        struct sampler *b = make_sampler(&p, V, NULL, 0);
+        struct sample_result out;
+        for (int i = 0; i < 5; i++) {
+            ck_assert_int_eq(sampler_sample(a, peaked, &out), 7);
+            sampler_sample(b, flat, &out);
+        }
+        int32_t ta = sampler_sample(a, flat, &out);
+        int32_t tb = sampler_sample(b, flat, &out);
+        ck_assert_int_eq(ta, tb);
+        sampler_destroy(a);
+        sampler_destroy(b);
     }
-    int32_t ta = sampler_sample(a, flat, &out);
-    int32_t tb = sampler_sample(b, flat, &out);
-    ck_assert_int_eq(ta, tb);
-    sampler_destroy(a);
-    sampler_destroy(b);
-    /* Greedy consumes its draw too. */
-    pa.temperature = 0.0f;
-    a = make_sampler(&pa, V, NULL, 0);
-    b = make_sampler(&pb, V, NULL, 0);
-    for (int i = 0; i < 3; i++) {
-        sampler_sample(a, peaked, &out);
-        sampler_sample(b, peaked, &out);
-    }
-    sampler_destroy(a);
-    pa.temperature = 1.0f;
-    a = make_sampler(&pa, V, NULL, 0);
-    for (int i = 0; i < 3; i++) {
-        sampler_sample(a, peaked, &out);
-    }
-    ck_assert_int_eq(sampler_sample(a, flat, &out), sampler_sample(b, flat, &out));
-    sampler_destroy(a);
-    sampler_destroy(b);
 }
 END_TEST
 

@@ -28,6 +28,11 @@
 
 #include <gptd/sampling.h>
 
+#define EXP_NEG_MIN    (-87.0f) /* exp(-87) = 1.6e-38: the smallest normal float is 1.2e-38 */
+#define SUM_BLOCK      256
+#define HIST_BINS      1017 /* prob_bin(1.0f) = 0x3f800000 >> 20 = 1016 */
+#define HEAP_TOP_K_MAX 1024 /* above, top-k is a quickselect */
+
 struct cand {
     float p; /* a logit during top-k, then an unnormalised probability */
     int32_t id;
@@ -51,6 +56,9 @@ struct sampler {
     uint8_t *in_prompt; /* (V,) 1 when the token occurs in the prompt, or NULL (no rep penalty) */
     int32_t *seen;      /* (V,) the distinct ids with in_prompt or counts > 0, or NULL */
     int32_t n_seen;
+    double *block_sum; /* (n_blocks,) sums of SUM_BLOCK probabilities, for the full draw */
+    int32_t n_blocks;
+    double hist_mass[HIST_BINS]; /* top-p's mass histogram */
 };
 
 static void set_err(char *err, size_t err_size, const char *msg) {
@@ -88,8 +96,10 @@ struct sampler *sampler_create(const struct sampling_params *p, int32_t i_choice
     s->has_freq_pres = p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
 
     size_t v = (size_t)n_vocab;
+    s->n_blocks = (n_vocab + SUM_BLOCK - 1) / SUM_BLOCK;
     s->work = malloc(v * sizeof(*s->work));
-    if (s->work == NULL) {
+    s->block_sum = malloc((size_t)s->n_blocks * sizeof(*s->block_sum));
+    if (s->work == NULL || s->block_sum == NULL) {
         goto fail_alloc;
     }
     if (s->has_filters) {
@@ -133,6 +143,7 @@ void sampler_destroy(struct sampler *s) {
         return;
     }
     free(s->work);
+    free(s->block_sum);
     free(s->cands);
     free(s->counts);
     free(s->in_prompt);
@@ -342,27 +353,102 @@ static int32_t top_candidates(const struct cand *c, int32_t n, int32_t k, double
     return m;
 }
 
-/* Raw logprobs: log-softmax of logits (V,), the top k of it, and the chosen token's value. */
-static void fill_logprobs(const float *logits, int32_t v, int32_t k, int32_t token,
+/*
+ * exp(x) for x <= 0, the only range the sampler needs (logit - max). Cody-Waite reduction
+ * x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-6 Taylor polynomial (relative error
+ * below 2e-7, about libm's), and 2^n built in the float's exponent field. Why not expf: libm's
+ * expf is a scalar call per element (GCC vectorizes it only with -ffast-math), and 50257 of
+ * them were most of the sampler's time. Written without branches or float ternaries (which GCC
+ * keeps as branches without -ffinite-math-only) so that the loops calling it vectorize even
+ * for baseline x86-64. Out of range — x < -87 (2^n would leave the normal floats), x > 0, -inf,
+ * NaN — the garbage computed is masked to 0 at the end; integer work is unsigned, so no UB.
+ * exp_neg(0) is exactly 1.
+ */
+static inline float exp_neg(float x) {
+    /* Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits. */
+    float t = x * 1.44269504f + 12582912.0f;
+    float n = t - 12582912.0f;
+    float r = x - n * 0.693145752f; /* ln 2, high part (exact product for |n| <= 126) */
+    r = r - n * 1.42860677e-6f;     /* ln 2, low part */
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    uint32_t t_bits;
+    memcpy(&t_bits, &t, sizeof(t_bits));
+    uint32_t scale_bits = (t_bits - 0x4b400000u + 127u) << 23; /* 2^n for n in [-126, 0] */
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof(scale));
+    float y = p * scale;
+    uint32_t y_bits;
+    memcpy(&y_bits, &y, sizeof(y_bits));
+    uint32_t keep = (uint32_t)(x >= EXP_NEG_MIN) & (uint32_t)(x <= 0.0f);
+    y_bits &= 0u - keep;
+    memcpy(&y, &y_bits, sizeof(y));
+    return y;
+}
+
+/* out[i] = exp_neg((in[i] - max) * inv_t) over n elements; vectorized. */
+static void exp_row(const float *in, float *out, int32_t n, float max, float inv_t) {
+    for (int32_t i = 0; i < n; i++) {
+        out[i] = exp_neg((in[i] - max) * inv_t);
+    }
+}
+
+/* Sum in double with four accumulators: a fixed order (reproducible) without one long chain
+ * of dependent adds. */
+static double sum_floats(const float *p, int32_t n) {
+    double a0 = 0.0;
+    double a1 = 0.0;
+    double a2 = 0.0;
+    double a3 = 0.0;
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 += p[i];
+        a1 += p[i + 1];
+        a2 += p[i + 2];
+        a3 += p[i + 3];
+    }
+    for (; i < n; i++) {
+        a0 += p[i];
+    }
+    return (a0 + a1) + (a2 + a3);
+}
+
+static double sum_cands(const struct cand *c, int32_t n) {
+    double a0 = 0.0;
+    double a1 = 0.0;
+    int32_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        a0 += c[i].p;
+        a1 += c[i + 1].p;
+    }
+    for (; i < n; i++) {
+        a0 += c[i].p;
+    }
+    return a0 + a1;
+}
+
+/* Raw logprobs: log-softmax of logits (V,), the top k of it, and the chosen token's value.
+ * scratch (V,) is free memory to use. */
+static void fill_logprobs(const float *logits, float *scratch, int32_t v, int32_t k, int32_t token,
                           struct sample_result *out) {
     float max = -INFINITY;
     for (int32_t i = 0; i < v; i++) {
-        if (logits[i] > max) {
-            max = logits[i];
-        }
+        max = logits[i] > max ? logits[i] : max;
     }
-    double sum = 0.0;
-    int32_t m = 0;
+    exp_row(logits, scratch, v, max, 1.0f);
+    double sum = sum_floats(scratch, v);
     struct sampling_logprob *top = out->top_logprobs;
-    for (int32_t i = 0; i < v; i++) {
+    int32_t m = 0;
+    for (int32_t i = 0; i < v && k > 0; i++) {
         float l = logits[i];
-        if (!(l > -INFINITY)) { /* -inf and NaN: probability 0 */
-            continue;
-        }
-        sum += expf(l - max);
-        /* Keep the k largest logits, largest first; scanning ids upwards, a later id enters
-         * only when strictly larger, so ties go to the lower id. */
-        if (k == 0 || (m == k && !(l > top[m - 1].logprob))) {
+        /* Keep the k largest, largest first; scanning ids upwards, a later id enters only when
+         * strictly larger, so ties go to the lower id. NaN never compares larger. */
+        if (m == k ? !(l > top[m - 1].logprob) : !(l > -INFINITY)) {
             continue;
         }
         int32_t j = m < k ? m++ : k - 1;
@@ -395,84 +481,244 @@ static int32_t argmax(const float *w, int32_t v) {
     return best;
 }
 
-/* Temperature only: work becomes exp((l - max) / T); one scan of the cumulative mass. */
+/* Temperature only: work becomes the unnormalised probabilities; the draw skips whole blocks
+ * by their sums and scans one. */
 static int32_t draw_full(struct sampler *s, float max, double u, int32_t *n_survivors) {
     float *w = s->work;
     int32_t v = s->n_vocab;
-    float inv_t = 1.0f / s->params.temperature;
+    exp_row(w, w, v, max, 1.0f / s->params.temperature);
     double total = 0.0;
     int32_t n = 0;
+    for (int32_t b = 0; b < s->n_blocks; b++) {
+        int32_t lo = b * SUM_BLOCK;
+        int32_t len = v - lo < SUM_BLOCK ? v - lo : SUM_BLOCK;
+        s->block_sum[b] = sum_floats(w + lo, len);
+        total += s->block_sum[b];
+    }
     for (int32_t i = 0; i < v; i++) {
-        float l = w[i];
-        float p = isfinite(l) ? expf((l - max) * inv_t) : 0.0f;
-        w[i] = p;
-        total += p;
-        n += p > 0.0f;
+        n += w[i] > 0.0f;
     }
     *n_survivors = n;
     double r = u * total;
     double acc = 0.0;
-    int32_t last = -1;
-    for (int32_t i = 0; i < v; i++) {
-        if (w[i] > 0.0f) {
+    for (int32_t b = 0; b < s->n_blocks; b++) {
+        if (acc + s->block_sum[b] <= r) {
+            acc += s->block_sum[b];
+            continue;
+        }
+        int32_t lo = b * SUM_BLOCK;
+        int32_t hi = v - lo < SUM_BLOCK ? v : lo + SUM_BLOCK;
+        for (int32_t i = lo; i < hi; i++) {
             acc += w[i];
-            last = i;
-            if (acc > r) {
+            if (acc > r) { /* acc was <= r, so w[i] > 0 */
                 return i;
             }
         }
+        /* Rounding: the block's sum and its running sum differ in the last bits; go on. */
     }
-    return last; /* rounding: r landed on the very top of the mass */
+    for (int32_t i = v - 1; i >= 0; i--) { /* rounding at the very top of the mass */
+        if (w[i] > 0.0f) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Sift-down for a min-heap of candidates ordered by p. */
+static void heap_sift_down(struct cand *h, int32_t m, int32_t i) {
+    for (;;) {
+        int32_t l = 2 * i + 1;
+        if (l >= m) {
+            return;
+        }
+        int32_t smallest = l + 1 < m && h[l + 1].p < h[l].p ? l + 1 : l;
+        if (!(h[smallest].p < h[i].p)) {
+            return;
+        }
+        swap_cand(&h[i], &h[smallest]);
+        i = smallest;
+    }
+}
+
+/* The k largest positive values of w (v,) into h[0, k) (heap order), by a size-k min-heap:
+ * one predictable compare per token and O(k log(V / k) log k) heap work. Returns how many. */
+static int32_t heap_top_k(const float *w, int32_t v, int32_t k, struct cand *h) {
+    int32_t m = 0;
+    for (int32_t i = 0; i < v; i++) {
+        float p = w[i];
+        if (m == k ? !(p > h[0].p) : !(p > 0.0f)) {
+            continue;
+        }
+        if (m < k) {
+            int32_t j = m++;
+            h[j].p = p;
+            h[j].id = i;
+            while (j > 0 && h[(j - 1) / 2].p > h[j].p) {
+                swap_cand(&h[j], &h[(j - 1) / 2]);
+                j = (j - 1) / 2;
+            }
+        } else {
+            h[0].p = p;
+            h[0].id = i;
+            heap_sift_down(h, m, 0);
+        }
+    }
+    return m;
+}
+
+/* A float in (0, 1] to one of HIST_BINS ordered bins: its exponent and 3 mantissa bits, i.e.
+ * 8 bins per octave. */
+static int32_t prob_bin(float p) {
+    uint32_t bits;
+    memcpy(&bits, &p, sizeof(bits));
+    return (int32_t)(bits >> 20);
+}
+
+/*
+ * With c[0, n) holding only bins >= b_cross: moves the bins above b_cross to the front (they are
+ * all in the nucleus), then takes just enough of the crossing bin for the remaining target.
+ * Returns the nucleus size. The partition swaps unconditionally and advances by the predicate:
+ * members are a data-dependent fraction, so a branch here mispredicts often.
+ */
+static int32_t split_at_bin(struct cand *c, int32_t n, int32_t b_cross, double rest) {
+    int32_t n_in = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t is_in = prob_bin(c[i].p) > b_cross;
+        swap_cand(&c[n_in], &c[i]);
+        n_in += is_in;
+    }
+    return n_in + select_nucleus(c + n_in, n - n_in, rest);
+}
+
+/* The bin where the mass, accumulated from the top bin down, reaches target (-1 if it never
+ * does), and in *above the mass of the bins above it. */
+static int32_t find_cross_bin(const double *mass, double target, double *above) {
+    double acc = 0.0;
+    for (int32_t b = HIST_BINS - 1; b >= 0; b--) {
+        if (acc + mass[b] >= target) {
+            *above = acc;
+            return b;
+        }
+        acc += mass[b];
+    }
+    *above = acc;
+    return -1;
+}
+
+/*
+ * Top-p over c[0, n): reorders it and returns m such that c[0, m) is the nucleus for target.
+ * A mass histogram over 8-bins-per-octave finds the bin where the cumulative mass (from the top)
+ * crosses the target: bins above are in, bins below out, and only the crossing bin's few
+ * members go through the partition-based select_nucleus. O(n) with predictable branches.
+ */
+static int32_t nucleus_hist(struct sampler *s, struct cand *c, int32_t n, double target) {
+    if (n <= 512) {
+        return select_nucleus(c, n, target);
+    }
+    double *mass = s->hist_mass;
+    memset(mass, 0, HIST_BINS * sizeof(*mass));
+    for (int32_t i = 0; i < n; i++) {
+        mass[prob_bin(c[i].p)] += c[i].p;
+    }
+    double above;
+    int32_t b_cross = find_cross_bin(mass, target, &above);
+    if (b_cross < 0) {
+        return n; /* rounding: the target is the whole mass */
+    }
+    int32_t n_keep = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t keep = prob_bin(c[i].p) >= b_cross;
+        swap_cand(&c[n_keep], &c[i]);
+        n_keep += keep;
+    }
+    return split_at_bin(c, n_keep, b_cross, target - above);
 }
 
 /* Steps 4-7 over the candidate list. */
 static int32_t draw_filtered(struct sampler *s, float max, double u, struct sample_result *out) {
     const struct sampling_params *p = &s->params;
-    const float *w = s->work;
+    float *w = s->work;
     struct cand *c = s->cands;
     int32_t v = s->n_vocab;
-    int32_t n = 0;
-    for (int32_t i = 0; i < v; i++) {
-        if (isfinite(w[i])) {
-            c[n].p = w[i];
-            c[n].id = i;
-            n++;
+    exp_row(w, w, v, max, 1.0f / p->temperature);
+    int32_t n;
+    double total; /* the mass top_p's target is a fraction of */
+    bool is_top_k = p->top_k > 0 && p->top_k < v;
+    if (is_top_k) {
+        if (p->top_k <= HEAP_TOP_K_MAX) {
+            n = heap_top_k(w, v, p->top_k, c);
+        } else {
+            n = 0;
+            for (int32_t i = 0; i < v; i++) {
+                c[n].p = w[i];
+                c[n].id = i;
+                n += w[i] > 0.0f;
+            }
+            if (p->top_k < n) {
+                select_top(c, n, p->top_k);
+                n = p->top_k;
+            }
+        }
+        total = sum_cands(c, n);
+    } else {
+        total = sum_floats(w, v);
+        /* top_p: a mass histogram over the whole row (see nucleus_hist) finds the crossing
+         * bin first, so that only the crossing bin and those above it — a few thousand
+         * tokens at most — are copied out; min_p keeps p >= min_p (p_max is 1). Dropping
+         * min_p's losers before top_p changes nothing: both keep a prefix of the sorted
+         * order, the result is the shorter one, and top_p's target stays a fraction of the
+         * full mass. */
+        int32_t b_min = 0;
+        double above = 0.0;
+        bool is_split = false;
+        if (p->top_p < 1.0f) {
+            double *mass = s->hist_mass;
+            memset(mass, 0, HIST_BINS * sizeof(*mass));
+            for (int32_t i = 0; i < v; i++) {
+                mass[prob_bin(w[i])] += w[i];
+            }
+            int32_t b_cross = find_cross_bin(mass, (double)p->top_p * total, &above);
+            if (b_cross >= 0) {
+                b_min = b_cross;
+                is_split = true;
+            }
+        }
+        float min_p = p->min_p;
+        n = 0;
+        for (int32_t i = 0; i < v; i++) {
+            /* A branch, not a branch-free compaction: usually few tokens pass (the nucleus
+             * and min_p survivors are a small fraction of V), so it is well predicted, while
+             * the branch-free form chains every iteration on the previous count. */
+            float x = w[i];
+            if (prob_bin(x) >= b_min && x >= min_p && x > 0.0f) {
+                c[n].p = x;
+                c[n].id = i;
+                n++;
+            }
+        }
+        if (is_split) {
+            n = split_at_bin(c, n, b_min, (double)p->top_p * total - above);
         }
     }
-    if (p->top_k > 0 && p->top_k < n) {
-        /* On logits: exp is monotonic, and V - K exps are saved. */
-        select_top(c, n, p->top_k);
-        n = p->top_k;
-    }
-    float inv_t = 1.0f / p->temperature;
-    double total = 0.0;
-    for (int32_t i = 0; i < n; i++) {
-        c[i].p = expf((c[i].p - max) * inv_t);
-        total += c[i].p;
-    }
-    if (p->top_p < 1.0f) {
-        n = select_nucleus(c, n, (double)p->top_p * total);
+    if (p->top_p < 1.0f && is_top_k) {
+        n = nucleus_hist(s, c, n, (double)p->top_p * total);
     }
     if (p->min_p > 0.0f) {
-        /* p_max is exactly 1: the largest logit is max, exp(0) = 1, and it survives top-k and
-         * top-p, which keep largest values. */
+        /* p_max is exactly 1: the largest logit is max, exp_neg(0) = 1, and it survives top-k
+         * and top-p, which keep largest values. */
         int32_t m = 0;
         for (int32_t i = 0; i < n; i++) {
-            if (c[i].p >= p->min_p) {
-                c[m++] = c[i];
-            }
+            c[m] = c[i];
+            m += (int32_t)(c[i].p >= p->min_p);
         }
         n = m;
     }
-    total = 0.0;
-    for (int32_t i = 0; i < n; i++) {
-        total += c[i].p;
-    }
+    double kept = sum_cands(c, n);
     out->n_survivors = n;
     if (p->candidates > 0) {
-        out->n_candidates = top_candidates(c, n, p->candidates, total, out->candidates);
+        out->n_candidates = top_candidates(c, n, p->candidates, kept, out->candidates);
     }
-    double r = u * total;
+    double r = u * kept;
     double acc = 0.0;
     for (int32_t i = 0; i < n; i++) {
         acc += c[i].p;
@@ -480,7 +726,7 @@ static int32_t draw_filtered(struct sampler *s, float max, double u, struct samp
             return c[i].id;
         }
     }
-    return c[n - 1].id; /* rounding; n >= 1 because the maximum always survives */
+    return n > 0 ? c[n - 1].id : -1; /* rounding; n >= 1 because the maximum always survives */
 }
 
 void sampler_processed_logits(struct sampler *s, const float *logits, float *out) {
@@ -530,7 +776,7 @@ int32_t sampler_sample(struct sampler *s, const float *logits, struct sample_res
     }
     out->token_id = token;
     if (p->logprobs >= 0) {
-        fill_logprobs(logits, s->n_vocab, p->logprobs, token, out);
+        fill_logprobs(logits, s->work, s->n_vocab, p->logprobs, token, out);
     }
     return token;
 }
