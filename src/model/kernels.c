@@ -1,0 +1,571 @@
+/*
+ * kernels.c: matmul, attention helpers and GELU for the forward pass (see kernels.h for the
+ * contract, the packed layout and the one-accumulator-per-element rule that keeps batches
+ * bit-identical).
+ *
+ * Three implementations of each kernel: AVX-512F, AVX2+FMA and portable C, picked at run time
+ * with __builtin_cpu_supports (the build has no -march flag, so each fast function carries a
+ * target attribute). All three follow the same per-element order, so AVX-512 and AVX2 agree
+ * with kernel_matmul_ref exactly for STORE and ADD; the exp/GELU approximations differ from
+ * libm's in the last bits, which is fine because one process only ever uses one ISA.
+ */
+#include "kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+/* Row tile heights: registers hold MR x NR accumulators (AVX-512: 6 x 4 zmm = 24 of 32). */
+#define MR_512 6
+#define MR_256 3
+
+const char *kernel_isa_name(enum kernel_isa isa) {
+    switch (isa) {
+    case KERNEL_ISA_AVX512:
+        return "avx512";
+    case KERNEL_ISA_AVX2:
+        return "avx2";
+    case KERNEL_ISA_SCALAR:
+        break;
+    }
+    return "scalar";
+}
+
+int kernel_isa_supported(enum kernel_isa isa) {
+#if HAVE_X86
+    __builtin_cpu_init();
+    switch (isa) {
+    case KERNEL_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    case KERNEL_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case KERNEL_ISA_SCALAR:
+        return 1;
+    }
+    return 0;
+#else
+    return isa == KERNEL_ISA_SCALAR;
+#endif
+}
+
+enum kernel_isa kernel_isa_best(void) {
+    enum kernel_isa best = KERNEL_ISA_SCALAR;
+    if (kernel_isa_supported(KERNEL_ISA_AVX512)) {
+        best = KERNEL_ISA_AVX512;
+    } else if (kernel_isa_supported(KERNEL_ISA_AVX2)) {
+        best = KERNEL_ISA_AVX2;
+    }
+    const char *want = getenv("GPTD_KERNEL");
+    if (want != NULL) {
+        if (strcmp(want, "scalar") == 0) {
+            best = KERNEL_ISA_SCALAR;
+        } else if (strcmp(want, "avx2") == 0 && best >= KERNEL_ISA_AVX2) {
+            best = KERNEL_ISA_AVX2;
+        }
+    }
+    return best;
+}
+
+float kernel_gelu_tanh_ref(float x) {
+    float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    float e = expf(fminf(fmaxf(-2.0f * u, -87.0f), 87.0f));
+    return x / (1.0f + e);
+}
+
+static float apply_epilogue_ref(float acc, float b, float *dst, enum kernel_epilogue epilogue) {
+    float t = acc + b;
+    switch (epilogue) {
+    case KERNEL_EPILOGUE_ADD:
+        return *dst + t;
+    case KERNEL_EPILOGUE_GELU_TANH:
+        return kernel_gelu_tanh_ref(t);
+    case KERNEL_EPILOGUE_STORE:
+        break;
+    }
+    return t;
+}
+
+void kernel_matmul_ref(const float *x, size_t ldx, const float *w, const float *bias, float *out,
+                       size_t ldo, int32_t m, int32_t k, int32_t n, enum kernel_epilogue epilogue) {
+    for (int32_t i = 0; i < m; i++) {
+        for (int32_t j = 0; j < n; j++) {
+            float acc = 0.0f;
+            for (int32_t kk = 0; kk < k; kk++) {
+                acc = fmaf(x[(size_t)i * ldx + kk], w[(size_t)kk * n + j], acc);
+            }
+            float *dst = &out[(size_t)i * ldo + j];
+            *dst = apply_epilogue_ref(acc, bias != NULL ? bias[j] : 0.0f, dst, epilogue);
+        }
+    }
+}
+
+/* Portable path: the reference arithmetic over the packed layout. */
+static void matmul_scalar(const float *x, size_t ldx, const float *w_packed, const float *bias,
+                          float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
+                          int32_t p_end, enum kernel_epilogue epilogue) {
+    for (int32_t p = p_begin; p < p_end; p++) {
+        const float *wp = w_packed + (size_t)p * (size_t)k * KERNEL_NR;
+        int32_t n_cols = n - p * KERNEL_NR < KERNEL_NR ? n - p * KERNEL_NR : KERNEL_NR;
+        for (int32_t i = 0; i < m; i++) {
+            for (int32_t j = 0; j < n_cols; j++) {
+                float acc = 0.0f;
+                for (int32_t kk = 0; kk < k; kk++) {
+                    acc = fmaf(x[(size_t)i * ldx + kk], wp[(size_t)kk * KERNEL_NR + j], acc);
+                }
+                int32_t col = p * KERNEL_NR + j;
+                float *dst = &out[(size_t)i * ldo + col];
+                *dst = apply_epilogue_ref(acc, bias != NULL ? bias[col] : 0.0f, dst, epilogue);
+            }
+        }
+    }
+}
+
+#if HAVE_X86
+
+#define T512   __attribute__((target("avx512f,fma")))
+#define T256   __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* exp(x) for x in float range: Cephes-style range reduction and degree-6 polynomial, ~1 ulp. */
+INLINE T512 __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
+    __m512 nf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, nf);
+}
+
+INLINE T512 __m512 gelu512(__m512 x) {
+    __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                             _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+    __m512 e = exp512(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+/* One MR x 64 tile: out[0..mr) x [0..n_cols) of the panel at wp. mr is a constant after
+ * inlining, so the accumulators live in registers. */
+INLINE T512 void tile512(const int mr, const float *x, size_t ldx, const float *wp, int32_t k,
+                         const float *bias, float *out, size_t ldo, int32_t n_cols,
+                         enum kernel_epilogue epilogue) {
+    __m512 acc[MR_512][4];
+    for (int i = 0; i < mr; i++) {
+        for (int j = 0; j < 4; j++) {
+            acc[i][j] = _mm512_setzero_ps();
+        }
+    }
+    for (int32_t kk = 0; kk < k; kk++) {
+        const float *wk = wp + (size_t)kk * KERNEL_NR;
+        __m512 w0 = _mm512_load_ps(wk);
+        __m512 w1 = _mm512_load_ps(wk + 16);
+        __m512 w2 = _mm512_load_ps(wk + 32);
+        __m512 w3 = _mm512_load_ps(wk + 48);
+        for (int i = 0; i < mr; i++) {
+            __m512 xv = _mm512_set1_ps(x[(size_t)i * ldx + kk]);
+            acc[i][0] = _mm512_fmadd_ps(xv, w0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(xv, w1, acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(xv, w2, acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(xv, w3, acc[i][3]);
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        int32_t c0 = j * 16;
+        if (c0 >= n_cols) {
+            break;
+        }
+        __mmask16 mask = n_cols - c0 >= 16 ? (__mmask16)0xffff
+                                           : (__mmask16)((1u << (unsigned)(n_cols - c0)) - 1u);
+        __m512 b = bias != NULL ? _mm512_maskz_loadu_ps(mask, bias + c0) : _mm512_setzero_ps();
+        for (int i = 0; i < mr; i++) {
+            float *dst = out + (size_t)i * ldo + c0;
+            __m512 v = _mm512_add_ps(acc[i][j], b);
+            if (epilogue == KERNEL_EPILOGUE_ADD) {
+                v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), v);
+            } else if (epilogue == KERNEL_EPILOGUE_GELU_TANH) {
+                v = gelu512(v);
+            }
+            _mm512_mask_storeu_ps(dst, mask, v);
+        }
+    }
+}
+
+static T512 void matmul512(const float *x, size_t ldx, const float *w_packed, const float *bias,
+                           float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
+                           int32_t p_end, enum kernel_epilogue epilogue) {
+    for (int32_t p = p_begin; p < p_end; p++) {
+        const float *wp = w_packed + (size_t)p * (size_t)k * KERNEL_NR;
+        int32_t c0 = p * KERNEL_NR;
+        int32_t n_cols = n - c0 < KERNEL_NR ? n - c0 : KERNEL_NR;
+        const float *b = bias != NULL ? bias + c0 : NULL;
+        for (int32_t i = 0; i < m; i += MR_512) {
+            const float *xi = x + (size_t)i * ldx;
+            float *oi = out + (size_t)i * ldo + c0;
+            switch (m - i >= MR_512 ? MR_512 : m - i) {
+            case 6:
+                tile512(6, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                break;
+            case 5:
+                tile512(5, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                break;
+            case 4:
+                tile512(4, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                break;
+            case 3:
+                tile512(3, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                break;
+            case 2:
+                tile512(2, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                break;
+            default:
+                tile512(1, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                break;
+            }
+        }
+    }
+}
+
+static T512 float dot512(const float *a, const float *b, int32_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    }
+    if (i < n) {
+        __mmask16 mask = (__mmask16)((1u << (unsigned)(n - i)) - 1u);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i),
+                              _mm512_maskz_loadu_ps(mask, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static T512 void axpy512(float alpha, const float *x, float *y, int32_t n) {
+    __m512 a = _mm512_set1_ps(alpha);
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(a, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    }
+    if (i < n) {
+        __mmask16 mask = (__mmask16)((1u << (unsigned)(n - i)) - 1u);
+        __m512 v = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(mask, x + i),
+                                   _mm512_maskz_loadu_ps(mask, y + i));
+        _mm512_mask_storeu_ps(y + i, mask, v);
+    }
+}
+
+static T512 float exp_shift_sum512(float *x, int32_t n, float shift) {
+    __m512 s = _mm512_set1_ps(shift);
+    __m512 sum = _mm512_setzero_ps();
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+        _mm512_storeu_ps(x + i, v);
+        sum = _mm512_add_ps(sum, v);
+    }
+    if (i < n) {
+        __mmask16 mask = (__mmask16)((1u << (unsigned)(n - i)) - 1u);
+        __m512 v = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x + i), s));
+        _mm512_mask_storeu_ps(x + i, mask, v);
+        sum = _mm512_mask_add_ps(sum, mask, sum, v);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+static T512 void gelu_inplace512(float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(x + i, gelu512(_mm512_loadu_ps(x + i)));
+    }
+    if (i < n) {
+        __mmask16 mask = (__mmask16)((1u << (unsigned)(n - i)) - 1u);
+        _mm512_mask_storeu_ps(x + i, mask, gelu512(_mm512_maskz_loadu_ps(mask, x + i)));
+    }
+}
+
+/* ---- AVX2 + FMA ---- */
+
+INLINE T256 __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(87.0f));
+    __m256 nf = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^n by building the exponent bits; n is in [-126, 126] after the clamp. */
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(nf), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+INLINE T256 __m256 gelu256(__m256 x) {
+    __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                             _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
+    __m256 e = exp256(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+/* One MR x 32 tile (half a panel; wp already offset to the half, rows still 64 apart). */
+INLINE T256 void tile256(const int mr, const float *x, size_t ldx, const float *wp, int32_t k,
+                         const float *bias, float *out, size_t ldo, int32_t n_cols,
+                         enum kernel_epilogue epilogue) {
+    __m256 acc[MR_256][4];
+    for (int i = 0; i < mr; i++) {
+        for (int j = 0; j < 4; j++) {
+            acc[i][j] = _mm256_setzero_ps();
+        }
+    }
+    for (int32_t kk = 0; kk < k; kk++) {
+        const float *wk = wp + (size_t)kk * KERNEL_NR;
+        __m256 w0 = _mm256_load_ps(wk);
+        __m256 w1 = _mm256_load_ps(wk + 8);
+        __m256 w2 = _mm256_load_ps(wk + 16);
+        __m256 w3 = _mm256_load_ps(wk + 24);
+        for (int i = 0; i < mr; i++) {
+            __m256 xv = _mm256_broadcast_ss(x + (size_t)i * ldx + kk);
+            acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(xv, w1, acc[i][1]);
+            acc[i][2] = _mm256_fmadd_ps(xv, w2, acc[i][2]);
+            acc[i][3] = _mm256_fmadd_ps(xv, w3, acc[i][3]);
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        int32_t c0 = j * 8;
+        if (c0 >= n_cols) {
+            break;
+        }
+        int32_t n_valid = n_cols - c0 >= 8 ? 8 : n_cols - c0;
+        /* A partial chunk goes through 8-float buffers so its arithmetic stays vector. */
+        float b_buf[8] = {0};
+        if (bias != NULL) {
+            memcpy(b_buf, bias + c0, (size_t)n_valid * sizeof(float));
+        }
+        __m256 b = _mm256_loadu_ps(b_buf);
+        for (int i = 0; i < mr; i++) {
+            float *dst = out + (size_t)i * ldo + c0;
+            float o_buf[8] = {0};
+            memcpy(o_buf, dst,
+                   epilogue == KERNEL_EPILOGUE_ADD ? (size_t)n_valid * sizeof(float) : 0);
+            __m256 v = _mm256_add_ps(acc[i][j], b);
+            if (epilogue == KERNEL_EPILOGUE_ADD) {
+                v = _mm256_add_ps(_mm256_loadu_ps(o_buf), v);
+            } else if (epilogue == KERNEL_EPILOGUE_GELU_TANH) {
+                v = gelu256(v);
+            }
+            if (n_valid == 8) {
+                _mm256_storeu_ps(dst, v);
+            } else {
+                _mm256_storeu_ps(o_buf, v);
+                memcpy(dst, o_buf, (size_t)n_valid * sizeof(float));
+            }
+        }
+    }
+}
+
+static T256 void matmul256(const float *x, size_t ldx, const float *w_packed, const float *bias,
+                           float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
+                           int32_t p_end, enum kernel_epilogue epilogue) {
+    for (int32_t p = p_begin; p < p_end; p++) {
+        for (int32_t half = 0; half < 2; half++) {
+            int32_t c0 = p * KERNEL_NR + half * 32;
+            if (c0 >= n) {
+                break;
+            }
+            const float *wp = w_packed + (size_t)p * (size_t)k * KERNEL_NR + half * 32;
+            int32_t n_cols = n - c0 < 32 ? n - c0 : 32;
+            const float *b = bias != NULL ? bias + c0 : NULL;
+            for (int32_t i = 0; i < m; i += MR_256) {
+                const float *xi = x + (size_t)i * ldx;
+                float *oi = out + (size_t)i * ldo + c0;
+                switch (m - i >= MR_256 ? MR_256 : m - i) {
+                case 3:
+                    tile256(3, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    break;
+                case 2:
+                    tile256(2, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    break;
+                default:
+                    tile256(1, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+INLINE T256 float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+
+static T256 float dot256(const float *a, const float *b, int32_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    }
+    float sum = hsum256(acc);
+    for (; i < n; i++) {
+        sum = fmaf(a[i], b[i], sum);
+    }
+    return sum;
+}
+
+static T256 void axpy256(float alpha, const float *x, float *y, int32_t n) {
+    __m256 a = _mm256_set1_ps(alpha);
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++) {
+        y[i] = fmaf(alpha, x[i], y[i]);
+    }
+}
+
+static T256 float exp_shift_sum256(float *x, int32_t n, float shift) {
+    __m256 s = _mm256_set1_ps(shift);
+    __m256 sum = _mm256_setzero_ps();
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+        _mm256_storeu_ps(x + i, v);
+        sum = _mm256_add_ps(sum, v);
+    }
+    float total = hsum256(sum);
+    if (i < n) {
+        float buf[8] = {0};
+        memcpy(buf, x + i, (size_t)(n - i) * sizeof(float));
+        __m256 v = exp256(_mm256_sub_ps(_mm256_loadu_ps(buf), s));
+        _mm256_storeu_ps(buf, v);
+        memcpy(x + i, buf, (size_t)(n - i) * sizeof(float));
+        for (int32_t j = 0; j < n - i; j++) {
+            total += buf[j];
+        }
+    }
+    return total;
+}
+
+static T256 void gelu_inplace256(float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(x + i, gelu256(_mm256_loadu_ps(x + i)));
+    }
+    if (i < n) {
+        float buf[8] = {0};
+        memcpy(buf, x + i, (n - i) * sizeof(float));
+        _mm256_storeu_ps(buf, gelu256(_mm256_loadu_ps(buf)));
+        memcpy(x + i, buf, (n - i) * sizeof(float));
+    }
+}
+
+#endif /* HAVE_X86 */
+
+void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const float *w_packed,
+                   const float *bias, float *out, size_t ldo, int32_t m, int32_t k, int32_t n,
+                   int32_t p_begin, int32_t p_end, enum kernel_epilogue epilogue) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512) {
+        matmul512(x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+        return;
+    }
+    if (isa == KERNEL_ISA_AVX2) {
+        matmul256(x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+        return;
+    }
+#endif
+    (void)isa;
+    matmul_scalar(x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+}
+
+float kernel_dot(enum kernel_isa isa, const float *a, const float *b, int32_t n) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512) {
+        return dot512(a, b, n);
+    }
+    if (isa == KERNEL_ISA_AVX2) {
+        return dot256(a, b, n);
+    }
+#endif
+    (void)isa;
+    float sum = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        sum += a[i] * b[i];
+    }
+    return sum;
+}
+
+void kernel_axpy(enum kernel_isa isa, float alpha, const float *x, float *y, int32_t n) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512) {
+        axpy512(alpha, x, y, n);
+        return;
+    }
+    if (isa == KERNEL_ISA_AVX2) {
+        axpy256(alpha, x, y, n);
+        return;
+    }
+#endif
+    (void)isa;
+    for (int32_t i = 0; i < n; i++) {
+        y[i] += alpha * x[i];
+    }
+}
+
+float kernel_exp_shift_sum(enum kernel_isa isa, float *x, int32_t n, float shift) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512) {
+        return exp_shift_sum512(x, n, shift);
+    }
+    if (isa == KERNEL_ISA_AVX2) {
+        return exp_shift_sum256(x, n, shift);
+    }
+#endif
+    (void)isa;
+    float sum = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - shift);
+        sum += x[i];
+    }
+    return sum;
+}
+
+void kernel_gelu_tanh(enum kernel_isa isa, float *x, size_t n) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512) {
+        gelu_inplace512(x, n);
+        return;
+    }
+    if (isa == KERNEL_ISA_AVX2) {
+        gelu_inplace256(x, n);
+        return;
+    }
+#endif
+    (void)isa;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = kernel_gelu_tanh_ref(x[i]);
+    }
+}

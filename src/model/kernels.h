@@ -1,0 +1,85 @@
+/*
+ * kernels.h: the forward pass's numeric kernels, private to src/model (and its tests).
+ *
+ * Weight matmuls use our own kernels, not cblas_sgemm: measured on the target machine, OpenBLAS
+ * 0.3.21's sgemm runs at ~13 GFLOPS for one row (decode at batch 1) and its per-row results
+ * are not guaranteed to be independent of how many rows share the call. These kernels keep
+ * one rule that makes a ragged batch bit-identical to each sequence run alone: every output
+ * element is ONE accumulator, fused-multiply-added over k = 0 .. K-1 in order, then + bias.
+ * No path (tile height, thread split, ISA tail) changes that order, so a row's result does not
+ * depend on the other rows in the call. kernel_matmul_ref is the same arithmetic written
+ * naively (fmaf in a loop) and the tests compare the fast kernels with it byte for byte.
+ *
+ * Weights are packed once at load into panels of KERNEL_NR columns: for panel p, the (K, NR)
+ * block W[:, p*NR .. p*NR+NR) row-major, zero-padded past N. A panel is one contiguous stream,
+ * which is what a bandwidth-bound decode step wants.
+ *
+ * Any thread may call these; they touch only their arguments.
+ */
+#ifndef GPTD_MODEL_KERNELS_H
+#define GPTD_MODEL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KERNEL_NR 64
+
+enum kernel_isa {
+    KERNEL_ISA_SCALAR = 0,
+    KERNEL_ISA_AVX2 = 1,   /* AVX2 + FMA */
+    KERNEL_ISA_AVX512 = 2, /* AVX-512F */
+};
+
+enum kernel_epilogue {
+    KERNEL_EPILOGUE_STORE = 0,     /* out = acc + bias */
+    KERNEL_EPILOGUE_ADD = 1,       /* out = out + (acc + bias): the residual add */
+    KERNEL_EPILOGUE_GELU_TANH = 2, /* out = gelu_tanh(acc + bias) */
+};
+
+/* The best ISA this CPU supports; GPTD_KERNEL=scalar|avx2|avx512 in the environment lowers it
+ * (tests and benchmarks use that to exercise every path). */
+enum kernel_isa kernel_isa_best(void);
+/* Whether this CPU can run isa. */
+int kernel_isa_supported(enum kernel_isa isa);
+const char *kernel_isa_name(enum kernel_isa isa);
+
+static inline int32_t kernel_n_panels(int32_t n) {
+    return (n + KERNEL_NR - 1) / KERNEL_NR;
+}
+/* Floats of a packed (K, N) weight. */
+static inline size_t kernel_packed_floats(int32_t k, int32_t n) {
+    return (size_t)kernel_n_panels(n) * (size_t)k * KERNEL_NR;
+}
+/* Where W[k][n] lives in the packed layout. */
+static inline size_t kernel_packed_index(int32_t k_dim, int32_t k, int32_t n) {
+    return ((size_t)(n / KERNEL_NR) * (size_t)k_dim + (size_t)k) * KERNEL_NR +
+           (size_t)(n % KERNEL_NR);
+}
+
+/*
+ * out (M, N) [epilogue] x (M, K) @ W (K, N) + bias (N,), for output columns of panels
+ * [p_begin, p_end) only (callers split panels across threads). w_packed is 64-byte aligned;
+ * bias may be NULL (zero). Rows of x and out are ldx / ldo floats apart.
+ */
+void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const float *w_packed,
+                   const float *bias, float *out, size_t ldo, int32_t m, int32_t k, int32_t n,
+                   int32_t p_begin, int32_t p_end, enum kernel_epilogue epilogue);
+
+/* The reference: W row-major (K, N), unpacked; same arithmetic as kernel_matmul, written
+ * naively. GELU uses kernel_gelu_tanh_ref, so only STORE and ADD are bit-comparable. */
+void kernel_matmul_ref(const float *x, size_t ldx, const float *w, const float *bias, float *out,
+                       size_t ldo, int32_t m, int32_t k, int32_t n, enum kernel_epilogue epilogue);
+
+/* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as x / (1 + exp(-2u)). */
+float kernel_gelu_tanh_ref(float x);
+
+/* a (n,) . b (n,), in a fixed order that depends only on n. */
+float kernel_dot(enum kernel_isa isa, const float *a, const float *b, int32_t n);
+/* y (n,) += alpha * x (n,) */
+void kernel_axpy(enum kernel_isa isa, float alpha, const float *x, float *y, int32_t n);
+/* x (n,) = exp(x - shift) in place; returns the sum, in a fixed order that depends only on n. */
+float kernel_exp_shift_sum(enum kernel_isa isa, float *x, int32_t n, float shift);
+/* x (n,) = gelu_tanh(x) in place. */
+void kernel_gelu_tanh(enum kernel_isa isa, float *x, size_t n);
+
+#endif
