@@ -528,6 +528,56 @@ START_TEST(test_stream_flush_emits_replacement_for_incomplete_tail) {
 }
 END_TEST
 
+/* Random valid UTF-8 from many blocks (ASCII, Latin, combining marks, Cyrillic, CJK, emoji,
+ * spaces of every kind, controls, private use, the top plane): each text must round-trip, and
+ * streaming must agree with the whole decode. Deterministic: a fixed-seed generator. */
+static uint32_t lcg_next(uint64_t *state) {
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(*state >> 33);
+}
+
+static size_t put_cp(char *out, uint32_t cp) {
+    char tmp[4];
+    size_t n = put_utf8(tmp, cp);
+    memcpy(out, tmp, n);
+    return n;
+}
+
+START_TEST(test_round_trip_random_unicode) {
+    static const uint32_t ranges[][2] = {
+        {0x00, 0x7f},     {0x80, 0x24f},      {0x300, 0x36f},       {0x400, 0x4ff},
+        {0x900, 0x97f},   {0x1780, 0x17ff},   {0x180e, 0x180e},     {0x2000, 0x206f},
+        {0x3000, 0x30ff}, {0x4e00, 0x9fff},   {0xac00, 0xd7a3},     {0xe000, 0xf8ff},
+        {0xfe00, 0xfeff}, {0x1f300, 0x1faff}, {0x10fff0, 0x10ffff},
+    };
+    uint64_t state = 42;
+    int n_texts = 300;
+    for (int t = 0; t < n_texts; t++) {
+        char text[256 * 4];
+        size_t n = 0;
+        int n_chars = 1 + (int)(lcg_next(&state) % 200);
+        for (int k = 0; k < n_chars; k++) {
+            const uint32_t *r = ranges[lcg_next(&state) % (sizeof(ranges) / sizeof(ranges[0]))];
+            uint32_t cp = r[0] + lcg_next(&state) % (r[1] - r[0] + 1);
+            n += put_cp(text + n, cp);
+        }
+        size_t n_ids;
+        int32_t *ids = encode_ok(toks[t % N_LOADERS], text, n, 0, &n_ids);
+        size_t n_back;
+        char *back = tokenizer_decode(toks[t % N_LOADERS], ids, n_ids, &n_back);
+        ck_assert_uint_eq(n_back, n);
+        ck_assert_msg(memcmp(back, text, n) == 0, "text %d", t);
+        size_t n_stream;
+        char *stream = stream_decode(toks[t % N_LOADERS], ids, n_ids, &n_stream);
+        ck_assert_uint_eq(n_stream, n);
+        ck_assert(memcmp(stream, text, n) == 0);
+        free(stream);
+        free(back);
+        free(ids);
+    }
+}
+END_TEST
+
 /* ---- long and concurrent inputs ------------------------------------------------------- */
 
 /* One pre-token of 900,000 identical characters must not take quadratic time. There is no
@@ -943,6 +993,7 @@ static Suite *tokenizer_suite(void) {
     tc = tcase_create("decode");
     tcase_add_loop_test(tc, test_round_trip_decode_encode_is_identity, 0, N_LOADERS);
     tcase_add_test(tc, test_stream_decode_equals_whole_decode);
+    tcase_add_test(tc, test_round_trip_random_unicode);
     tcase_add_test(tc, test_stream_emits_only_complete_characters);
     tcase_add_test(tc, test_stream_split_emoji_waits_for_its_last_byte);
     tcase_add_test(tc, test_decode_replaces_invalid_utf8_like_python);
