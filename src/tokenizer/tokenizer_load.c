@@ -277,6 +277,7 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
     char q3[48];
     int rc = -1;
     int32_t *added_of_id = NULL; /* (n_vocab): index into raw->added, or -1 */
+    int32_t *vocab_of_id = NULL; /* (n_vocab): index into raw->vocab, or -1 */
     char *tmp = NULL;            /* scratch for one merge's raw bytes */
     size_t n_tmp = 0;
 
@@ -319,10 +320,9 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
     added_of_id = malloc(n_ids * sizeof(*added_of_id));
     tok->token_off = calloc(n_ids + 1, sizeof(*tok->token_off));
     tok->is_valid = calloc(n_ids, 1);
-    int32_t *vocab_of_id = malloc(n_ids * sizeof(*vocab_of_id));
+    vocab_of_id = malloc(n_ids * sizeof(*vocab_of_id));
     if (added_of_id == NULL || tok->token_off == NULL || tok->is_valid == NULL ||
         vocab_of_id == NULL) {
-        free(vocab_of_id);
         set_err(err, err_size, "%s: out of memory", file);
         goto cleanup;
     }
@@ -334,7 +334,6 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
         int32_t id = raw->added[i].id;
         if (added_of_id[id] >= 0) {
             set_err(err, err_size, "%s: duplicate added token id %d", file, (int)id);
-            free(vocab_of_id);
             goto cleanup;
         }
         added_of_id[id] = (int32_t)i;
@@ -347,7 +346,6 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
             set_err(err, err_size, "%s: duplicate id %d (tokens '%s' and '%s')", file, (int)id,
                     quote_token(raw->vocab[j].str, raw->vocab[j].len, q1),
                     quote_token(raw->vocab[i].str, raw->vocab[i].len, q2));
-            free(vocab_of_id);
             goto cleanup;
         }
         vocab_of_id[id] = (int32_t)i;
@@ -360,7 +358,6 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
     /* Every token's raw bytes into one blob, in id order. Unmapping never lengthens a string. */
     tok->blob = malloc(total_bytes + 1);
     if (tok->blob == NULL) {
-        free(vocab_of_id);
         set_err(err, err_size, "%s: out of memory", file);
         goto cleanup;
     }
@@ -379,7 +376,6 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
                         "%s: added token '%s' has id %d, which the vocab gives to '%s'", file,
                         quote_token(a->str, a->len, q1), (int)id,
                         quote_token(raw->vocab[iv].str, raw->vocab[iv].len, q2));
-                free(vocab_of_id);
                 goto cleanup;
             }
             memcpy(tok->blob + off, a->str, a->len);
@@ -392,12 +388,10 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
                 set_err(err, err_size,
                         "%s: token '%s' (id %d) has a character outside the byte-level alphabet",
                         file, quote_token(v->str, v->len, q1), (int)id);
-                free(vocab_of_id);
                 goto cleanup;
             }
             if (m == 0) {
                 set_err(err, err_size, "%s: token id %d is an empty string", file, (int)id);
-                free(vocab_of_id);
                 goto cleanup;
             }
             off += (size_t)m;
@@ -417,7 +411,6 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
     size_t map_size = table_size_for(raw->n_vocab);
     tok->vocab_map = calloc(map_size, sizeof(*tok->vocab_map));
     if (tok->vocab_map == NULL) {
-        free(vocab_of_id);
         set_err(err, err_size, "%s: out of memory", file);
         goto cleanup;
     }
@@ -435,7 +428,6 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
                 err, err_size, "%s: tokens %d and %d are the same string '%s'", file, (int)other,
                 (int)id,
                 quote_token(raw->vocab[vocab_of_id[id]].str, raw->vocab[vocab_of_id[id]].len, q1));
-            free(vocab_of_id);
             goto cleanup;
         }
         size_t i = (size_t)h & tok->vocab_map_mask;
@@ -445,7 +437,6 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
         tok->vocab_map[i].hash = h;
         tok->vocab_map[i].id = (int32_t)id;
     }
-    free(vocab_of_id);
 
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
@@ -539,6 +530,7 @@ static int build(struct tokenizer *tok, const struct raw_vocab *raw, const char 
     rc = 0;
 cleanup:
     free(tmp);
+    free(vocab_of_id);
     free(added_of_id);
     return rc;
 }
