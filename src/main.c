@@ -20,6 +20,7 @@ static int cmd_help(int argc, char **argv);
 
 static const struct command commands[] = {
     {"version", cmd_version, "print the version and git revision"},
+    {"generate", cmd_generate, "continue a prompt with the model (greedy) and print it"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"detokenize", cmd_detokenize, "print the text of a JSON array of token ids"},
     {"serve", cmd_serve, "run the OpenAI-compatible HTTP server"},

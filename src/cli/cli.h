@@ -9,6 +9,7 @@
 #define CLI_EXIT_USAGE 2
 
 int cmd_version(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);

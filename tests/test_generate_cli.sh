@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# test_generate_cli.sh: `gptd generate` end to end on the tiny golden model: --prompt-ids greedy
+# output equals transformers' 48 greedy tokens for all 7 prompts; -p TEXT gives the same ids as
+# the golden prompt ids; the JSON shape (logprobs, finish_reason); usage errors exit 2.
+# Usage: test_generate_cli.sh path/to/gptd   (GPTD_SHARED_DIR from meson)
+set -u
+gptd="$1"
+model="$GPTD_SHARED_DIR/models/gpt2-tiny-random"
+golden="$model/golden/forward.json"
+tmp=$(mktemp -d /tmp/gptd_generate_cli.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+n_prompts=$(jq '.prompts | length' "$golden")
+for ((i = 0; i < n_prompts; i++)); do
+    ids=$(jq -r ".prompts[$i].prompt_ids | map(tostring) | join(\",\")" "$golden")
+    want=$(jq -c ".prompts[$i].greedy_ids" "$golden")
+    if ! "$gptd" generate -m "$model" --prompt-ids "$ids" -n 48 --ignore-eos --json \
+        >"$tmp/out.json" 2>"$tmp/err"; then
+        echo "FAIL prompt $i: exit $?"; cat "$tmp/err"; fail=1; continue
+    fi
+    got=$(jq -c '.ids' "$tmp/out.json")
+    if [ "$got" != "$want" ]; then
+        echo "FAIL prompt $i: greedy ids differ"; echo " got  $got"; echo " want $want"; fail=1
+    else
+        echo "ok   prompt $i greedy ids"
+    fi
+done
+
+# -p TEXT is tokenized to the golden prompt ids; logprobs have K entries, best first.
+text=$(jq -r '.prompts[0].prompt' "$golden")
+"$gptd" generate -m "$model" -p "$text" -n 3 --ignore-eos --logprobs 3 --json >"$tmp/p.json" 2>"$tmp/err" || {
+    echo "FAIL -p: exit $?"; cat "$tmp/err"; fail=1; }
+if [ "$(jq -c '.prompt_ids' "$tmp/p.json")" != "$(jq -c '.prompts[0].prompt_ids' "$golden")" ]; then
+    echo "FAIL -p prompt ids: $(jq -c '.prompt_ids' "$tmp/p.json")"; fail=1
+else
+    echo "ok   -p prompt ids"
+fi
+check_json() { # description, jq expression that must be true
+    if [ "$(jq "$2" "$tmp/p.json")" != "true" ]; then echo "FAIL $1"; fail=1; else echo "ok   $1"; fi
+}
+check_json "three logprob entries" '.logprobs | length == 3'
+check_json "top-3 per entry, sorted" '[.logprobs[].top | length == 3 and .[0][1] >= .[1][1] and .[1][1] >= .[2][1]] | all'
+check_json "greedy id is the top-1 and its logprob" '[.logprobs[] | .id == .top[0][0] and .logprob == .top[0][1] and .logprob <= 0] | all'
+check_json "finish_reason length" '.finish_reason == "length"'
+check_json "text is a string" '.text | type == "string"'
+
+# Usage errors.
+expect_exit() { # name, code, args...
+    local name="$1" want="$2"
+    shift 2
+    "$gptd" generate "$@" >/dev/null 2>"$tmp/err"
+    local got=$?
+    if [ "$got" != "$want" ]; then echo "FAIL $name: exit $got, want $want"; cat "$tmp/err"; fail=1; else echo "ok   $name"; fi
+}
+expect_exit no-model 2 -p hi
+expect_exit both-prompts 2 -m "$model" -p hi --prompt-ids 1
+expect_exit bad-ids 2 -m "$model" --prompt-ids 1,,2
+expect_exit bad-n 2 -m "$model" --prompt-ids 1 -n x
+expect_exit id-outside-vocab 1 -m "$model" --prompt-ids 50257
+expect_exit missing-model-dir 1 -m "$tmp/nope" --prompt-ids 1
+exit $fail
