@@ -166,8 +166,9 @@ struct sampler;
 
 /*
  * Creates the sampler of one sequence. Copies *p (which must have passed validation) and the
- * prompt's token counts; allocates every buffer sampler_sample needs (about 8 bytes per
- * vocabulary entry, plus 8 more when a penalty is on). The RNG seed is p->seed + i_choice
+ * prompt's token counts; allocates every buffer sampler_sample needs (4 bytes per vocabulary
+ * entry, 8 more when top_k/top_p/min_p/candidates is on, 9 more when a penalty is on, about
+ * 20 KB besides). The RNG seed is p->seed + i_choice
  * when p->has_seed (i_choice = 0..n-1 for the n choices of one request), else a fresh
  * sampling_seed_random(). eos_token_id may be -1 (none). prompt_ids (n_prompt,) is borrowed for
  * the call only. Returns NULL (and a message in err) on allocation failure or bad arguments.
@@ -182,9 +183,11 @@ void sampler_destroy(struct sampler *s);
 
 /*
  * Picks the next token from logits (n_vocab,) — the model's raw row, read only — following the
- * pipeline in the file comment, and fills *out. Allocates nothing; O(V) expected time. Returns
- * the token id, or -1 when no token is allowed (every logit -inf or NaN after the bans).
- * Does not update the counts: call sampler_accept() with the token that is kept.
+ * pipeline in the file comment, and fills *out. Non-finite logits (NaN, +-inf) are never
+ * chosen. For best_of ranking without user logprobs, the engine may set logprobs = 0 in the
+ * params it passes to sampler_create to get the chosen token's raw logprob. Allocates nothing; O(V)
+ * expected time. Returns the token id, or -1 when no token is allowed (every logit -inf or NaN
+ * after the bans). Does not update the counts: call sampler_accept() with the token that is kept.
  */
 int32_t sampler_sample(struct sampler *s, const float *logits, struct sample_result *out);
 
