@@ -169,6 +169,13 @@ static void push_text_locked(struct engine_request *req, struct engine_event *ev
     } while (off < len);
 }
 
+/* Publishes the running and KV gauges. Called before a request is marked done, so that a
+ * client that sees its request done also sees its blocks returned. */
+static void update_gauges(struct engine *e) {
+    atomic_store(&e->m_running, e->n_running_seqs);
+    atomic_store(&e->m_kv_used, kv_cache_n_blocks_total(e->kv) - kv_cache_n_blocks_free(e->kv));
+}
+
 static void request_fail(struct engine *e, struct engine_request *req, enum engine_status st,
                          const char *message) {
     struct engine_event ev;
@@ -286,6 +293,10 @@ static void request_preempt(struct engine *e, struct engine_request *req) {
 
 /* Tells the client its request was cancelled (if it still listens) and retires it. */
 static void request_cancelled(struct engine *e, struct engine_request *req, bool is_shutdown) {
+    for (int32_t i = 0; i < req->n_seqs; i++) {
+        kv_seq_truncate(e->kv, &req->seqs[i].kv, 0);
+    }
+    update_gauges(e);
     if (is_shutdown) {
         request_fail(e, req, ENGINE_ERR_DRAINING, "the server is shutting down");
     } else {
@@ -966,6 +977,7 @@ static void beam_steps(struct engine *e) {
 }
 
 static void retire_finished(struct engine *e, int64_t now_us) {
+    update_gauges(e);
     for (int32_t i = e->n_running_reqs - 1; i >= 0; i--) {
         struct engine_request *req = e->running[i];
         if (req->n_finished < req->n_seqs) {
@@ -980,11 +992,6 @@ static void retire_finished(struct engine *e, int64_t now_us) {
                      (double)(now_us - req->t_submit_us) / 1e6);
         request_retire(e, req);
     }
-}
-
-static void update_gauges(struct engine *e) {
-    atomic_store(&e->m_running, e->n_running_seqs);
-    atomic_store(&e->m_kv_used, kv_cache_n_blocks_total(e->kv) - kv_cache_n_blocks_free(e->kv));
 }
 
 static void engine_step(struct engine *e) {
