@@ -1,0 +1,324 @@
+/*
+ * bench_model.c: forward-pass throughput of the model module, next to two probes of the
+ * machine itself, so each number comes with the fraction of its limit it reaches:
+ *   - memory read bandwidth (STREAM-like sum over 1 GiB, n threads) -> the batch-1 decode
+ *     bound: weight bytes read per token / bandwidth;
+ *   - best cblas_sgemm GFLOPS on a 768 x 2304 weight at M = 1 .. 512 (OpenBLAS, n threads)
+ *     -> the bound for batched decode and prefill;
+ *   - decode tokens/s at batch 1, 8, 32, 64 with a 128-token context, and a 512-token prefill.
+ * Also checks whether OpenBLAS's sgemm rows are bit-identical across M (why gptd uses its own
+ * kernels is in src/model/kernels.h).
+ *
+ * Usage: bench_model [MODEL_DIR] [--threads N]   (default build/gpt2-124m-random; write it with
+ *        build/tools/make-random-gpt2 build/gpt2-124m-random). Run under
+ *        `flock /tmp/gptd-bench.lock` and report `uptime` with the numbers.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "gptd/model.h"
+#include "gptd/util.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* ---- memory bandwidth ---- */
+
+struct bw_arg {
+    const float *data;
+    size_t n;
+    float sum;
+};
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static float sum_avx2(const float *x, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(x + i));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(x + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(x + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(x + i + 24));
+    }
+    float out[8];
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+}
+#endif
+
+static void *bw_thread(void *p) {
+    struct bw_arg *a = p;
+#if defined(__x86_64__)
+    a->sum = sum_avx2(a->data, a->n);
+#else
+    float s = 0.0f;
+    for (size_t i = 0; i < a->n; i++) {
+        s += a->data[i];
+    }
+    a->sum = s;
+#endif
+    return NULL;
+}
+
+static double measure_bandwidth(int n_threads) {
+    size_t bytes = (size_t)1 << 30;
+    size_t n = bytes / sizeof(float);
+    float *data = aligned_alloc(64, bytes);
+    for (size_t i = 0; i < n; i++) {
+        data[i] = (float)(i & 1023);
+    }
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        pthread_t th[64];
+        struct bw_arg args[64];
+        int64_t t0 = time_now_us();
+        for (int t = 0; t < n_threads; t++) {
+            args[t].data = data + n / (size_t)n_threads * (size_t)t;
+            args[t].n = n / (size_t)n_threads;
+            pthread_create(&th[t], NULL, bw_thread, &args[t]);
+        }
+        float total = 0.0f;
+        for (int t = 0; t < n_threads; t++) {
+            pthread_join(th[t], NULL);
+            total += args[t].sum;
+        }
+        double s = (double)(time_now_us() - t0) / 1e6;
+        double gbs = (double)bytes / s / 1e9;
+        best = gbs > best ? gbs : best;
+        if (total == -1.0f) {
+            printf("(impossible)\n"); /* keeps the sum alive */
+        }
+    }
+    free(data);
+    return best;
+}
+
+/* ---- cblas_sgemm ---- */
+
+static double measure_sgemm(int m, int k, int n) {
+    float *a = aligned_alloc(64, (size_t)m * k * sizeof(float));
+    float *b = aligned_alloc(64, (size_t)k * n * sizeof(float));
+    float *c = aligned_alloc(64, (size_t)m * n * sizeof(float));
+    for (size_t i = 0; i < (size_t)m * k; i++) {
+        a[i] = (float)(i % 7) * 0.1f;
+    }
+    for (size_t i = 0; i < (size_t)k * n; i++) {
+        b[i] = (float)(i % 11) * 0.01f;
+    }
+    double flops = 2.0 * m * (double)k * n;
+    int reps = (int)(2e9 / flops) + 3;
+    double best = 0.0;
+    for (int trial = 0; trial < 3; trial++) {
+        int64_t t0 = time_now_us();
+        for (int r = 0; r < reps; r++) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f,
+                        c, n);
+        }
+        double s = (double)(time_now_us() - t0) / 1e6;
+        double g = flops * reps / s / 1e9;
+        best = g > best ? g : best;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return best;
+}
+
+/* Are OpenBLAS's rows bit-identical whether computed alone (M = 1) or in a block of M? */
+static int sgemm_rows_invariant(int m, int k, int n) {
+    float *a = malloc((size_t)m * k * sizeof(float));
+    float *b = malloc((size_t)k * n * sizeof(float));
+    float *c = malloc((size_t)m * n * sizeof(float));
+    float *r = malloc((size_t)n * sizeof(float));
+    uint32_t s = 1;
+    for (size_t i = 0; i < (size_t)m * k; i++) {
+        s = s * 1664525u + 1013904223u;
+        a[i] = (float)(s >> 8) / 16777216.0f - 0.5f;
+    }
+    for (size_t i = 0; i < (size_t)k * n; i++) {
+        s = s * 1664525u + 1013904223u;
+        b[i] = (float)(s >> 8) / 16777216.0f - 0.5f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+    int same = 1;
+    for (int i = 0; i < m && same; i++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, n, k, 1.0f, a + (size_t)i * k, k,
+                    b, n, 0.0f, r, n);
+        same = memcmp(r, c + (size_t)i * n, (size_t)n * sizeof(float)) == 0;
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(r);
+    return same;
+}
+
+/* ---- the model ---- */
+
+static double matmul_flops_per_row(const struct model_config *c) {
+    double C = c->n_embd;
+    double F = c->n_inner;
+    return 2.0 * c->n_layer * (C * 3 * C + C * C + 2 * C * F);
+}
+
+/* Decode tok/s at batch size b: one 128-token prompt, forked b times (the blocks are shared,
+ * so attention reads as much as b private copies), then timed greedy-free decode steps. */
+static double bench_decode(struct model *model, struct kv_cache *kv, int32_t b, int32_t ctx,
+                           double *step_ms) {
+    const struct model_config *c = model_get_config(model);
+    struct model_scratch *scratch = model_scratch_create(model, ctx > b ? ctx : b, b);
+    float *logits = malloc((size_t)b * c->n_vocab * sizeof(float));
+    struct kv_seq *seqs = calloc((size_t)b, sizeof(*seqs));
+    int32_t *prompt = malloc((size_t)ctx * sizeof(int32_t));
+    int32_t *next = malloc((size_t)b * sizeof(int32_t));
+    struct model_batch_seq *batch = calloc((size_t)b, sizeof(*batch));
+    for (int32_t i = 0; i < ctx; i++) {
+        prompt[i] = (i * 7919) % c->n_vocab;
+    }
+    kv_seq_init(&seqs[0], kv);
+    kv_seq_reserve(kv, &seqs[0], ctx);
+    struct model_batch_seq p = {.kv = &seqs[0], .tokens = prompt, .n_tokens = ctx, .n_logits = 1};
+    model_forward(model, kv, scratch, &p, 1, logits);
+    for (int32_t i = 1; i < b; i++) {
+        kv_seq_init(&seqs[i], kv);
+        kv_seq_fork(kv, &seqs[i], &seqs[0]);
+    }
+    int32_t n_steps = b >= 32 ? 12 : 24;
+    double best = 1e30;
+    int64_t t0 = 0;
+    for (int32_t step = 0; step < n_steps + 2; step++) {
+        if (step == 2) {
+            t0 = time_now_us(); /* two warm-up steps */
+        }
+        int64_t ts = time_now_us();
+        for (int32_t i = 0; i < b; i++) {
+            next[i] = (step * 31 + i * 17) % c->n_vocab;
+            if (kv_seq_reserve(kv, &seqs[i], 1) != KV_OK) {
+                fprintf(stderr, "bench: KV cache too small\n");
+                exit(1);
+            }
+            batch[i] = (struct model_batch_seq){
+                .kv = &seqs[i], .tokens = &next[i], .n_tokens = 1, .n_logits = 1};
+        }
+        model_forward(model, kv, scratch, batch, b, logits);
+        double ms = (double)(time_now_us() - ts) / 1e3;
+        best = ms < best ? ms : best;
+    }
+    double s = (double)(time_now_us() - t0) / 1e6;
+    *step_ms = best;
+    for (int32_t i = 0; i < b; i++) {
+        kv_seq_finish(kv, &seqs[i]);
+    }
+    free(batch);
+    free(next);
+    free(prompt);
+    free(seqs);
+    free(logits);
+    model_scratch_destroy(scratch);
+    return (double)b * n_steps / s;
+}
+
+static double bench_prefill(struct model *model, struct kv_cache *kv, int32_t n, double *best_ms) {
+    const struct model_config *c = model_get_config(model);
+    struct model_scratch *scratch = model_scratch_create(model, n, 1);
+    float *logits = malloc((size_t)c->n_vocab * sizeof(float));
+    int32_t *prompt = malloc((size_t)n * sizeof(int32_t));
+    for (int32_t i = 0; i < n; i++) {
+        prompt[i] = (i * 104729) % c->n_vocab;
+    }
+    double best = 1e30;
+    for (int rep = 0; rep < 4; rep++) {
+        struct kv_seq seq;
+        kv_seq_init(&seq, kv);
+        kv_seq_reserve(kv, &seq, n);
+        struct model_batch_seq p = {.kv = &seq, .tokens = prompt, .n_tokens = n, .n_logits = 1};
+        int64_t t0 = time_now_us();
+        model_forward(model, kv, scratch, &p, 1, logits);
+        double ms = (double)(time_now_us() - t0) / 1e3;
+        best = ms < best ? ms : best;
+        kv_seq_finish(kv, &seq);
+    }
+    *best_ms = best;
+    free(prompt);
+    free(logits);
+    model_scratch_destroy(scratch);
+    return n / (best / 1e3);
+}
+
+int main(int argc, char **argv) {
+    const char *dir = "build/gpt2-124m-random";
+    int n_threads = 2;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            n_threads = atoi(argv[++i]);
+        } else {
+            dir = argv[i];
+        }
+    }
+    model_set_threads(n_threads);
+    openblas_set_num_threads(n_threads);
+
+    printf("== machine probes (%d threads)\n", n_threads);
+    double bw = measure_bandwidth(n_threads);
+    printf("memory read bandwidth: %.1f GB/s\n", bw);
+    const int ms[] = {1, 8, 32, 64, 128, 512};
+    double sgemm[6];
+    for (int i = 0; i < 6; i++) {
+        sgemm[i] = measure_sgemm(ms[i], 768, 2304);
+        printf("cblas_sgemm M=%-3d K=768 N=2304: %6.1f GFLOPS\n", ms[i], sgemm[i]);
+    }
+    printf("cblas_sgemm rows bit-identical alone vs in a block of 64: %s\n",
+           sgemm_rows_invariant(64, 768, 2304) ? "yes" : "no");
+
+    char err[1024];
+    struct model *model = model_load(dir, err, sizeof(err));
+    if (model == NULL) {
+        fprintf(stderr, "bench_model: %s\n(write it with build/tools/make-random-gpt2 %s)\n", err,
+                dir);
+        return 1;
+    }
+    const struct model_config *c = model_get_config(model);
+    struct kv_cache *kv = kv_cache_create(model, (size_t)1200 << 20, err, sizeof(err));
+    if (kv == NULL) {
+        fprintf(stderr, "bench_model: %s\n", err);
+        return 1;
+    }
+    /* Bytes one decode step must stream: every weight but the position table (one row). */
+    double step_bytes =
+        (double)model_weight_bytes(model) - (double)c->n_ctx * c->n_embd * sizeof(float);
+    double lm_flops = 2.0 * c->n_embd * (double)c->n_vocab;
+    printf("\n== model %s: %zu params, %.1f MB of weights streamed per decode step\n", dir,
+           model_n_params(model), step_bytes / 1e6);
+    const int32_t batches[] = {1, 8, 32, 64};
+    for (int i = 0; i < 4; i++) {
+        double step_ms;
+        double tps = bench_decode(model, kv, batches[i], 128, &step_ms);
+        double gflops = tps * (matmul_flops_per_row(c) + lm_flops) / 1e9;
+        double sg = batches[i] == 1
+                        ? sgemm[0]
+                        : (batches[i] == 8 ? sgemm[1] : (batches[i] == 32 ? sgemm[2] : sgemm[3]));
+        printf("decode batch %-2d ctx 128: %8.1f tok/s (best step %.2f ms), %6.1f GFLOPS = %3.0f%% "
+               "of sgemm at M=%d",
+               batches[i], tps, step_ms, gflops, 100.0 * gflops / sg, batches[i]);
+        if (batches[i] == 1) {
+            double bound = bw * 1e9 / step_bytes;
+            printf("; bandwidth bound %.1f tok/s -> %.0f%%", bound, 100.0 * tps / bound);
+        }
+        printf("\n");
+    }
+    double prefill_ms;
+    double ptps = bench_prefill(model, kv, 512, &prefill_ms);
+    double pflops = ptps * matmul_flops_per_row(c) / 1e9;
+    printf("prefill 512 tokens: %8.1f tok/s (%.1f ms), %6.1f GFLOPS (weight matmuls) = %3.0f%% of "
+           "sgemm at M=512\n",
+           ptps, prefill_ms, pflops, 100.0 * pflops / sgemm[5]);
+    kv_cache_destroy(kv);
+    model_destroy(model);
+    return 0;
+}
