@@ -96,6 +96,10 @@ test)
         run_suite asan+ubsan build-asan
     # Unit suites under valgrind memcheck.
     run_suite valgrind build --setup valgrind --suite unit
+    # The threaded code (engine thread, request channels) under ThreadSanitizer.
+    build build-tsan -Dbuildtype=debug -Db_sanitize=thread -Db_lundef=false
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+        run_suite tsan build-tsan --suite engine
     [ $fmt_ok -eq 1 ] || { log "clang-format would change files"; failed=$((failed + 1)); }
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
