@@ -4,17 +4,21 @@
  * --drain-timeout seconds to finish, the engine stops (ending what is left with an error event),
  * the server stops and the process exits 0. A second signal skips the rest of the drain.
  *
- * Main thread only. SIGTERM/SIGINT are blocked in every thread (the mask is set before any
- * thread starts, so libmicrohttpd's and the engine's threads inherit it) and taken
- * synchronously here with sigtimedwait: no work happens inside a signal handler.
+ * Main thread only. SIGTERM/SIGINT go through a self-pipe: the handler (which may run on any
+ * thread — OpenBLAS starts its threads before main, so blocking the signals in main would not
+ * keep them from being delivered elsewhere with their default, fatal action) only writes one
+ * byte; the main thread polls the pipe and does the work.
  */
-#include <pthread.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <gptd/engine.h>
 #include <gptd/model.h>
@@ -33,11 +37,47 @@ static bool is_loopback(const char *host) {
            strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0;
 }
 
+static int sig_pipe[2] = {-1, -1};
+static volatile sig_atomic_t last_signal;
+
+static void on_signal(int sig) {
+    int saved = errno;
+    last_signal = sig;
+    if (sig_pipe[1] >= 0) {
+        ssize_t r = write(sig_pipe[1], "s", 1);
+        (void)r; /* a full pipe already holds a wake-up */
+    }
+    errno = saved;
+}
+
+static int install_signals(void) {
+    if (pipe(sig_pipe) != 0) {
+        return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(sig_pipe[i], F_SETFL, fcntl(sig_pipe[i], F_GETFL) | O_NONBLOCK);
+        fcntl(sig_pipe[i], F_SETFD, FD_CLOEXEC);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
 /* Waits up to timeout_ms for SIGTERM/SIGINT. Returns the signal, or 0 on timeout. */
-static int wait_signal(const sigset_t *set, long timeout_ms) {
-    struct timespec ts = {.tv_sec = timeout_ms / 1000, .tv_nsec = (timeout_ms % 1000) * 1000000};
-    int sig = sigtimedwait(set, NULL, &ts);
-    return sig > 0 ? sig : 0;
+static int wait_signal(long timeout_ms) {
+    struct pollfd p = {.fd = sig_pipe[0], .events = POLLIN, .revents = 0};
+    if (poll(&p, 1, (int)timeout_ms) <= 0) {
+        return 0;
+    }
+    char buf[16];
+    ssize_t n = read(sig_pipe[0], buf, sizeof(buf));
+    return n > 0 ? (int)last_signal : 0;
 }
 
 int cmd_serve(int argc, char **argv) {
@@ -101,13 +141,10 @@ int cmd_serve(int argc, char **argv) {
                  o.server.host);
     }
 
-    /* Before any thread exists: every thread inherits this mask. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    if (install_signals() != 0) {
+        log_error("cannot create the signal pipe");
+        goto cleanup;
+    }
 
     /* Listen first: /health answers 503 "loading" while the model loads. */
     srv = server_create(&o.server, err, sizeof(err));
@@ -145,7 +182,7 @@ int cmd_serve(int argc, char **argv) {
 
     int sig = 0;
     while (sig == 0) {
-        sig = wait_signal(&sigs, 1000);
+        sig = wait_signal(1000);
     }
     log_info("%s: draining (up to %d s; a second signal stops at once)",
              sig == SIGTERM ? "SIGTERM" : "SIGINT", o.drain_timeout_s);
@@ -153,7 +190,7 @@ int cmd_serve(int argc, char **argv) {
     engine_drain(engine);
     int64_t deadline = time_now_us() + (int64_t)o.drain_timeout_s * 1000000;
     while (server_n_inflight(srv) > 0 && time_now_us() < deadline) {
-        if (wait_signal(&sigs, 50) != 0) {
+        if (wait_signal(50) != 0) {
             log_warn("second signal: stopping now");
             break;
         }
@@ -172,5 +209,11 @@ cleanup:
     model_destroy(model);
     tokenizer_destroy(tok);
     server_options_finish(&o);
+    for (int i = 0; i < 2; i++) {
+        if (sig_pipe[i] >= 0) {
+            close(sig_pipe[i]);
+            sig_pipe[i] = -1;
+        }
+    }
     return rc;
 }

@@ -112,7 +112,21 @@ sse_check() {
     return 1
 }
 
-start main
+# wait_data FILE...: until every file holds an SSE event (the stream was admitted), up to 20 s.
+wait_data() {
+    for _ in $(seq 1 400); do
+        local all=1
+        for f in "$@"; do
+            grep -q '^data: ' "$f" 2>/dev/null || all=0
+        done
+        [ $all = 1 ] && return 0
+        sleep 0.05
+    done
+    bad "streams never started: $*"
+}
+
+# A long drain timeout: O08 checks that in-flight streams finish, also in slow (sanitizer) builds.
+start main --drain-timeout 300
 main_port=$PORT
 main_pid=$PID
 
@@ -153,7 +167,7 @@ if sse_check "$tmp/sse"; then
     esac
 fi
 if "$gptd" help 2>/dev/null | grep -q '^  generate'; then
-    gen=$("$gptd" generate -m "$model" --temperature 0 -n 12 "Hello, world" 2>/dev/null)
+    gen=$("$gptd" generate -m "$model" -p "Hello, world" -n 12 2>/dev/null)
     [ "$gen" = "$text_plain" ] || [ "$gen" = "Hello, world$text_plain" ] && ok ||
         bad "gptd generate '$gen' != server '$text_plain'"
 fi
@@ -317,12 +331,22 @@ wait_idle() { # name: running sequences and used KV blocks back to 0 within 2 s
     bad "$1: running $(metric gptd_requests_running), kv used $(metric gptd_kv_blocks_used) after 2 s"
 }
 cancelled0=$(metric gptd_requests_cancelled_total)
-curl -sN --max-time 0.5 "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-    -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8,"stream":true}' >"$tmp/cut" 2>/dev/null
-grep -q '^data: {' "$tmp/cut" && ok || bad "O04: no event before the disconnect"
+curl -sN "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8,"stream":true}' >"$tmp/cut" 2>/dev/null &
+cpid=$!
+wait_data "$tmp/cut"
+kill "$cpid"
+wait "$cpid" 2>/dev/null
 wait_idle "O04 disconnect mid-stream"
-curl -s --max-time 0.5 "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-    -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8}' >/dev/null 2>&1
+curl -s "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8}' >/dev/null 2>&1 &
+cpid=$!
+for _ in $(seq 1 400); do
+    [ "$(metric gptd_requests_running)" != 0 ] && break
+    sleep 0.05
+done
+kill "$cpid"
+wait "$cpid" 2>/dev/null
 wait_idle "O06 disconnect while waiting for a non-streamed answer"
 cancelled1=$(metric gptd_requests_cancelled_total)
 [ "${cancelled1:-0}" -ge $((${cancelled0:-0} + 2)) ] 2>/dev/null && ok || bad "cancelled_total $cancelled0 -> $cancelled1"
@@ -372,10 +396,10 @@ PORT=$main_port
 curls=()
 for i in 1 2 3; do
     curl -sN "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-        -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":4,"stream":true}' >"$tmp/drain$i" 2>/dev/null &
+        -d '{"prompt":"Hello","max_tokens":400,"ignore_eos":true,"n":2,"stream":true}' >"$tmp/drain$i" 2>/dev/null &
     curls+=($!)
 done
-sleep 0.3
+wait_data "$tmp/drain1" "$tmp/drain2" "$tmp/drain3"
 kill -TERM "$main_pid"
 sleep 0.1
 STATUS=$(curl -s -o "$tmp/body" -w '%{http_code}' "http://127.0.0.1:$PORT/health")
@@ -430,7 +454,7 @@ for i in 1 2; do
         -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8,"stream":true}' >"$tmp/cut$i" 2>/dev/null &
     curls+=($!)
 done
-sleep 0.3
+wait_data "$tmp/cut1" "$tmp/cut2"
 kill -TERM "$drain_pid"
 wait "$drain_pid"
 rc=$?
