@@ -1171,6 +1171,41 @@ START_TEST(test_vector_helpers_match_scalar) {
             ck_assert_float_le(max_abs_diff(y1, y2, (size_t)n), 2e-6f);
         }
     }
+    /* Attention over a paged layout (3 blocks of 16 rows, scattered), every ISA vs scalar. */
+    enum { HS = 64, ROW = 80, BLOCK = 16 * ROW, N_POS = 40 };
+    float *cache_k = malloc(5 * BLOCK * sizeof(float));
+    float *cache_v = malloc(5 * BLOCK * sizeof(float));
+    for (int i = 0; i < 5 * BLOCK; i++) {
+        cache_k[i] = sinf((float)i * 0.37f);
+        cache_v[i] = cosf((float)i * 0.11f);
+    }
+    const int32_t blocks[3] = {4, 0, 2};
+    float q[HS], want[HS], got[HS], scores[N_POS];
+    for (int i = 0; i < HS; i++) {
+        q[i] = 0.05f * (float)(i % 13) - 0.3f;
+    }
+    for (int32_t n = 1; n <= N_POS; n += 13) {
+        kernel_attention(KERNEL_ISA_SCALAR, q, cache_k + 3, cache_v + 3, blocks, BLOCK, ROW, n, HS,
+                         0.125f, scores, want);
+        float sum = 0.0f;
+        for (int i = 0; i < HS; i++) {
+            sum += want[i];
+        }
+        ck_assert(isfinite(sum));
+        for (int isa = KERNEL_ISA_AVX2; isa <= KERNEL_ISA_AVX512; isa++) {
+            if (kernel_isa_supported((enum kernel_isa)isa)) {
+                kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, blocks, BLOCK,
+                                 ROW, n, HS, 0.125f, scores, got);
+                ck_assert_float_le(max_abs_diff(got, want, HS), 1e-5f);
+            }
+        }
+    }
+    /* One position: the output is that position's V row. */
+    kernel_attention(KERNEL_ISA_SCALAR, q, cache_k, cache_v, blocks, BLOCK, ROW, 1, HS, 0.125f,
+                     scores, got);
+    ck_assert_float_le(max_abs_diff(got, cache_v + 4 * BLOCK, HS), 1e-6f);
+    free(cache_k);
+    free(cache_v);
     /* The GELU form used is the tanh one. */
     ck_assert_float_le(fabsf(kernel_gelu_tanh_ref(1.0f) -
                              0.5f * (1.0f + tanhf(0.7978845608f * (1.0f + 0.044715f)))),

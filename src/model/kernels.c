@@ -296,6 +296,41 @@ static T512 void gelu_inplace512(float *x, size_t n) {
     }
 }
 
+/* Attention for head size 64: q and the output accumulators live in 4 registers each. */
+static T512 void attention512_hs64(const float *q, const float *k_base, const float *v_base,
+                                   const int32_t *blocks, size_t block_stride, size_t row_stride,
+                                   int32_t n, float scale, float *scores, float *out) {
+    __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16);
+    __m512 q2 = _mm512_loadu_ps(q + 32), q3 = _mm512_loadu_ps(q + 48);
+    float max = -INFINITY;
+    for (int32_t t = 0; t < n; t++) {
+        const float *k =
+            k_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        __m512 acc = _mm512_mul_ps(q0, _mm512_loadu_ps(k));
+        acc = _mm512_fmadd_ps(q1, _mm512_loadu_ps(k + 16), acc);
+        acc = _mm512_fmadd_ps(q2, _mm512_loadu_ps(k + 32), acc);
+        acc = _mm512_fmadd_ps(q3, _mm512_loadu_ps(k + 48), acc);
+        float s = _mm512_reduce_add_ps(acc) * scale;
+        scores[t] = s;
+        max = s > max ? s : max;
+    }
+    float inv = 1.0f / exp_shift_sum512(scores, n, max);
+    __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+    for (int32_t t = 0; t < n; t++) {
+        const float *v =
+            v_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        __m512 p = _mm512_set1_ps(scores[t] * inv);
+        o0 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v), o0);
+        o1 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16), o1);
+        o2 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 32), o2);
+        o3 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 48), o3);
+    }
+    _mm512_storeu_ps(out, o0);
+    _mm512_storeu_ps(out + 16, o1);
+    _mm512_storeu_ps(out + 32, o2);
+    _mm512_storeu_ps(out + 48, o3);
+}
+
 /* ---- AVX2 + FMA ---- */
 
 INLINE T256 __m256 exp256(__m256 x) {
@@ -551,6 +586,33 @@ float kernel_exp_shift_sum(enum kernel_isa isa, float *x, int32_t n, float shift
         sum += x[i];
     }
     return sum;
+}
+
+void kernel_attention(enum kernel_isa isa, const float *q, const float *k_base, const float *v_base,
+                      const int32_t *blocks, size_t block_stride, size_t row_stride, int32_t n,
+                      int32_t hs, float scale, float *scores, float *out) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512 && hs == 64) {
+        attention512_hs64(q, k_base, v_base, blocks, block_stride, row_stride, n, scale, scores,
+                          out);
+        return;
+    }
+#endif
+    float max = -INFINITY;
+    for (int32_t t = 0; t < n; t++) {
+        const float *k =
+            k_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        float s = kernel_dot(isa, q, k, hs) * scale;
+        scores[t] = s;
+        max = s > max ? s : max;
+    }
+    float inv = 1.0f / kernel_exp_shift_sum(isa, scores, n, max);
+    memset(out, 0, (size_t)hs * sizeof(float));
+    for (int32_t t = 0; t < n; t++) {
+        const float *v =
+            v_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        kernel_axpy(isa, scores[t] * inv, v, out, hs);
+    }
 }
 
 void kernel_gelu_tanh(enum kernel_isa isa, float *x, size_t n) {

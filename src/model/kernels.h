@@ -79,6 +79,17 @@ float kernel_dot(enum kernel_isa isa, const float *a, const float *b, int32_t n)
 void kernel_axpy(enum kernel_isa isa, float alpha, const float *x, float *y, int32_t n);
 /* x (n,) = exp(x - shift) in place; returns the sum, in a fixed order that depends only on n. */
 float kernel_exp_shift_sum(enum kernel_isa isa, float *x, int32_t n, float shift);
+/*
+ * Attention of one query row q (hs,) over n cached positions: scores[t] = q . K_t * scale,
+ * p = softmax(scores), out (hs,) = sum_t p_t V_t, each in a fixed order that depends only on n.
+ * Position t's K row is at k_base + blocks[t / 16] * block_stride + (t % 16) * row_stride (V the
+ * same from v_base): the paged KV cache's layout, walked without gathering. scores is (n,)
+ * scratch.
+ */
+void kernel_attention(enum kernel_isa isa, const float *q, const float *k_base, const float *v_base,
+                      const int32_t *blocks, size_t block_stride, size_t row_stride, int32_t n,
+                      int32_t hs, float scale, float *scores, float *out);
+
 /* x (n,) = gelu_tanh(x) in place. */
 void kernel_gelu_tanh(enum kernel_isa isa, float *x, size_t n);
 

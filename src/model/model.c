@@ -749,25 +749,17 @@ static void attention_task(void *ctx, int32_t i_task, int32_t i_thread) {
     float scale = c->is_scale_attn_weights ? 1.0f / sqrtf((float)hs) : 1.0f;
     float *scores = f->s->scores + (size_t)i_thread * (size_t)f->s->n_ctx;
     enum kernel_isa isa = f->model->isa;
+    /* The head's K and V of position 0 of block 0; kernel_attention walks the block table. */
+    size_t layer_off = (size_t)f->layer * 2 * KV_BLOCK_SIZE * (size_t)c->n_embd + (size_t)h * hs;
+    const float *k_base = f->kv->data + layer_off;
+    const float *v_base = k_base + (size_t)KV_BLOCK_SIZE * (size_t)c->n_embd;
     for (int32_t i = 0; i < bs->n_tokens; i++) {
         int32_t row = f->s->row0[i_seq] + i;
         int32_t pos = bs->kv->n_pos + i;
         const float *q = f->s->qkv + (size_t)row * c3 + (size_t)h * hs;
-        float max = -INFINITY;
-        for (int32_t t = 0; t <= pos; t++) {
-            const float *k = kv_cache_row(f->kv, bs->kv, f->layer, 0, t) + (size_t)h * hs;
-            float v = kernel_dot(isa, q, k, hs) * scale;
-            scores[t] = v;
-            max = v > max ? v : max;
-        }
-        float sum = kernel_exp_shift_sum(isa, scores, pos + 1, max);
-        float inv = 1.0f / sum;
         float *out = f->s->att + (size_t)row * c->n_embd + (size_t)h * hs;
-        memset(out, 0, (size_t)hs * sizeof(float));
-        for (int32_t t = 0; t <= pos; t++) {
-            const float *v = kv_cache_row(f->kv, bs->kv, f->layer, 1, t) + (size_t)h * hs;
-            kernel_axpy(isa, scores[t] * inv, v, out, hs);
-        }
+        kernel_attention(isa, q, k_base, v_base, bs->kv->blocks, f->kv->block_floats,
+                         (size_t)c->n_embd, pos + 1, hs, scale, scores, out);
     }
 }
 
