@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     build-essential meson ninja-build pkg-config git
     libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev check
-    valgrind clang-format curl jq
+    valgrind clang-format curl jq wrk apache2-utils
 )
 
 log() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }
