@@ -1,7 +1,8 @@
 /*
  * generate.c: `gptd generate`: runs one prompt through the model on the command line and prints
- * the continuation (greedy until the sampling module lands), optionally as JSON with the
- * log-softmax of each generated position.
+ * the continuation, optionally as JSON with the log-softmax of each generated position. Tokens
+ * are chosen by the sampling module (greedy by default here, unlike the API's temperature 1, so
+ * that a bare `gptd generate` is reproducible); stop strings go through its stop matcher.
  *
  * Run from main() on the main thread, which here is also the "engine thread" of model.h: it
  * owns the KV cache, the scratch and the sequence. Usage errors exit 2, failures to load or to
@@ -18,6 +19,7 @@
 
 #include "cli.h"
 #include "gptd/model.h"
+#include "gptd/sampling.h"
 #include "gptd/tokenizer.h"
 #include "gptd/util.h"
 
@@ -25,7 +27,12 @@ static const char generate_usage[] =
     "usage: gptd generate -m MODEL_DIR (-p TEXT | --prompt-ids 1,2,3) [-n N] [--ignore-eos]\n"
     "                     [--logprobs K] [--json] [--threads N] [--kv-cache-mb MB]\n"
     "  greedy continuation of the prompt (N new tokens, default 16); --json prints\n"
-    "  {prompt_ids, ids, text, finish_reason, logprobs}; --logprobs K adds the top K per step\n";
+    "  {prompt_ids, ids, text, finish_reason, logprobs}; --logprobs K adds the top K per step\n"
+    "sampling (defaults: greedy, everything else off):\n"
+    "  --temperature T  --top-k K  --top-p P  --min-p P  --repetition-penalty R\n"
+    "  --presence-penalty X  --frequency-penalty X  --seed N  --max-tokens N (= -n)\n"
+    "  --min-tokens N  --stop TEXT (repeatable)  --stop-token-id ID (repeatable)\n"
+    "  --logit-bias ID:BIAS (repeatable; -100 bans)\n";
 
 #define GENERATE_MAX_TOP 20
 
@@ -39,6 +46,7 @@ struct gen_args {
     int is_json;
     int n_threads;
     int32_t kv_mb;
+    struct sampling_params sp; /* n_new, ignore_eos and the vocabulary are applied later */
 };
 
 static int usage_error(const char *fmt, const char *what) {
@@ -46,6 +54,17 @@ static int usage_error(const char *fmt, const char *what) {
     fprintf(stderr, fmt, what);
     fprintf(stderr, "\n%s", generate_usage);
     return CLI_EXIT_USAGE;
+}
+
+static int parse_float(const char *s, float *out) {
+    char *end = NULL;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno != 0 || end == s || *end != '\0') {
+        return -1;
+    }
+    *out = v; /* ranges are checked by sampling_params_validate once the vocabulary is known */
+    return 0;
 }
 
 static int parse_int(const char *s, long lo, long hi, int32_t *out) {
@@ -59,15 +78,117 @@ static int parse_int(const char *s, long lo, long hi, int32_t *out) {
     return 0;
 }
 
+/*
+ * The sampling flags, all taking a value. Returns 1 when arg is not one of them, 0 when it was
+ * parsed into *sp, or CLI_EXIT_USAGE.
+ */
+static int parse_sampling_flag(const char *arg, const char *value, struct sampling_params *sp) {
+    static const char *const names[] = {"--temperature",
+                                        "--top-k",
+                                        "--top-p",
+                                        "--min-p",
+                                        "--repetition-penalty",
+                                        "--presence-penalty",
+                                        "--frequency-penalty",
+                                        "--seed",
+                                        "--min-tokens",
+                                        "--stop",
+                                        "--stop-token-id",
+                                        "--logit-bias"};
+    size_t i_name = 0;
+    while (i_name < sizeof(names) / sizeof(names[0]) && strcmp(arg, names[i_name]) != 0) {
+        i_name++;
+    }
+    if (i_name == sizeof(names) / sizeof(names[0])) {
+        return 1;
+    }
+    if (value == NULL) {
+        return usage_error("option '%s' needs a value", arg);
+    }
+    int bad = 0;
+    int32_t v = 0;
+    switch (i_name) {
+    case 0:
+        bad = parse_float(value, &sp->temperature);
+        break;
+    case 1:
+        bad = parse_int(value, -1, INT32_MAX, &sp->top_k);
+        break;
+    case 2:
+        bad = parse_float(value, &sp->top_p);
+        break;
+    case 3:
+        bad = parse_float(value, &sp->min_p);
+        break;
+    case 4:
+        bad = parse_float(value, &sp->repetition_penalty);
+        break;
+    case 5:
+        bad = parse_float(value, &sp->presence_penalty);
+        break;
+    case 6:
+        bad = parse_float(value, &sp->frequency_penalty);
+        break;
+    case 7: {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long seed = strtoull(value, &end, 10);
+        bad = errno != 0 || end == value || *end != '\0' || value[0] == '-';
+        sp->seed = (uint64_t)seed;
+        sp->has_seed = true;
+        break;
+    }
+    case 8:
+        bad = parse_int(value, 0, INT32_MAX, &sp->min_tokens);
+        break;
+    case 9:
+        bad = sampling_params_add_stop(sp, value, strlen(value));
+        break;
+    case 10:
+        bad = parse_int(value, 0, INT32_MAX, &v) != 0 || sampling_params_add_stop_token_id(sp, v);
+        break;
+    default: {
+        /* ID:BIAS */
+        const char *colon = strchr(value, ':');
+        char id_text[16];
+        float bias = 0.0f;
+        size_t n = colon != NULL ? (size_t)(colon - value) : 0;
+        bad = colon == NULL || n == 0 || n >= sizeof(id_text);
+        if (!bad) {
+            memcpy(id_text, value, n);
+            id_text[n] = '\0';
+            bad = parse_int(id_text, 0, INT32_MAX, &v) != 0 || parse_float(colon + 1, &bias) != 0 ||
+                  sampling_params_add_logit_bias(sp, v, bias) != 0;
+        }
+        break;
+    }
+    }
+    if (bad) {
+        fprintf(stderr, "gptd generate: bad value '%s' for %s\n%s", value, arg, generate_usage);
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
 /* Returns 0, 1 for --help, or CLI_EXIT_USAGE. */
 static int parse_args(int argc, char **argv, struct gen_args *a) {
     memset(a, 0, sizeof(*a));
     a->n_new = 16;
     a->kv_mb = 256;
+    sampling_params_init_default(&a->sp);
+    a->sp.temperature = 0.0f;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
         int32_t v;
+        int rc = parse_sampling_flag(arg, next, &a->sp);
+        if (rc != 1) {
+            if (rc != 0) {
+                return rc;
+            }
+            i++;
+            continue;
+        }
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
             return 1;
         } else if (strcmp(arg, "--ignore-eos") == 0) {
@@ -77,8 +198,8 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
         } else if (strcmp(arg, "-m") == 0 || strcmp(arg, "--model") == 0 ||
                    strcmp(arg, "-p") == 0 || strcmp(arg, "--prompt") == 0 ||
                    strcmp(arg, "--prompt-ids") == 0 || strcmp(arg, "-n") == 0 ||
-                   strcmp(arg, "--logprobs") == 0 || strcmp(arg, "--threads") == 0 ||
-                   strcmp(arg, "--kv-cache-mb") == 0) {
+                   strcmp(arg, "--max-tokens") == 0 || strcmp(arg, "--logprobs") == 0 ||
+                   strcmp(arg, "--threads") == 0 || strcmp(arg, "--kv-cache-mb") == 0) {
             if (next == NULL) {
                 return usage_error("option '%s' needs a value", arg);
             }
@@ -89,7 +210,7 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
                 a->prompt = next;
             } else if (strcmp(arg, "--prompt-ids") == 0) {
                 a->prompt_ids = next;
-            } else if (strcmp(arg, "-n") == 0) {
+            } else if (strcmp(arg, "-n") == 0 || strcmp(arg, "--max-tokens") == 0) {
                 if (parse_int(next, 0, 1 << 20, &a->n_new) != 0) {
                     return usage_error("-n wants a count, not '%s'", next);
                 }
@@ -204,6 +325,14 @@ int cmd_generate(int argc, char **argv) {
     cJSON *json = NULL;
     cJSON *json_logprobs = NULL;
     char *text = NULL;
+    struct sampler *sampler = NULL;
+    struct stop_matcher *matcher = NULL;
+    char *stop_text = NULL; /* with --stop: the text the matcher released */
+    char *piece = NULL;     /* with --stop: one token's decoded bytes */
+    size_t piece_cap = 0;
+    size_t n_stop_text = 0;
+    int32_t i_stop = -1;
+    struct detok detok;
 
     if (a.n_threads > 0) {
         model_set_threads(a.n_threads);
@@ -253,6 +382,37 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
 
+    a.sp.max_tokens = a.n_new > 0 ? a.n_new : 1;
+    a.sp.ignore_eos = a.is_ignore_eos != 0;
+    const char *bad_param = NULL;
+    if (sampling_params_validate(&a.sp, cfg->n_vocab, &bad_param, err, sizeof(err)) != 0) {
+        exit_code = usage_error("%s", err);
+        goto done;
+    }
+    sampler = sampler_create(&a.sp, 0, cfg->n_vocab, cfg->eos_token_id, prompt, (int32_t)n_prompt,
+                             err, sizeof(err));
+    if (sampler == NULL) {
+        fprintf(stderr, "gptd generate: %s\n", err);
+        goto done;
+    }
+    if (a.sp.n_stop > 0) {
+        /* Stop strings need text: decode as we go and let the matcher cut it. */
+        if (tok == NULL) {
+            fprintf(stderr, "gptd generate: --stop needs the model's tokenizer files\n");
+            goto done;
+        }
+        matcher = stop_matcher_create(&a.sp);
+        piece_cap = tokenizer_max_token_bytes(tok) + 16;
+        size_t max_new = a.n_new < cfg->n_ctx ? (size_t)a.n_new : (size_t)cfg->n_ctx;
+        stop_text = malloc((max_new + 1) * piece_cap);
+        piece = malloc(piece_cap);
+        if (matcher == NULL || stop_text == NULL || piece == NULL) {
+            fprintf(stderr, "gptd generate: out of memory\n");
+            goto done;
+        }
+        detok_init(&detok, tok);
+    }
+
     kv = kv_cache_create(model, (size_t)a.kv_mb << 20, err, sizeof(err));
     int32_t max_rows = (int32_t)n_prompt < 512 ? (int32_t)n_prompt : 512;
     scratch = model_scratch_create(model, max_rows, 1);
@@ -293,12 +453,15 @@ int cmd_generate(int argc, char **argv) {
     const char *finish = "length";
     int32_t n_out = 0;
     while (n_out < a.n_new) {
-        int32_t best = 0;
-        for (int32_t i = 1; i < cfg->n_vocab; i++) {
-            best = logits[i] > logits[best] ? i : best;
-        }
-        if (!a.is_ignore_eos && best == cfg->eos_token_id) {
+        struct sample_result res;
+        int32_t best = sampler_sample(sampler, logits, &res);
+        if (best < 0) { /* logit_bias banned every token */
             finish = "stop";
+            break;
+        }
+        enum sampler_finish fin = sampler_accept(sampler, best);
+        if (fin == SAMPLER_FINISH_EOS || fin == SAMPLER_FINISH_STOP_TOKEN) {
+            finish = "stop"; /* the EOS or stop token is not part of the output */
             break;
         }
         out_ids[n_out++] = best;
@@ -317,6 +480,22 @@ int cmd_generate(int argc, char **argv) {
                 cJSON_AddItemToArray(top, pair);
             }
             cJSON_AddItemToArray(json_logprobs, entry);
+        }
+        if (matcher != NULL) {
+            size_t n_piece = detok_feed(&detok, best, piece, piece_cap);
+            bool can_match = n_out > a.sp.min_tokens;
+            struct stop_output so;
+            if (stop_matcher_push(matcher, piece, n_piece, can_match, &so) != 0) {
+                fprintf(stderr, "gptd generate: out of memory\n");
+                goto done;
+            }
+            memcpy(stop_text + n_stop_text, so.text, so.len);
+            n_stop_text += so.len;
+            if (so.i_stop >= 0) {
+                i_stop = so.i_stop;
+                finish = "stop";
+                break;
+            }
         }
         if (n_out == a.n_new) {
             break;
@@ -341,7 +520,27 @@ int cmd_generate(int argc, char **argv) {
              (double)(t_end - t_prefill) / 1e3,
              t_end > t_prefill ? n_out / ((double)(t_end - t_prefill) / 1e6) : 0.0);
 
-    if (tok != NULL) {
+    if (matcher != NULL) {
+        if (i_stop < 0) { /* no match: release the held-back tail, then the decoder's */
+            char tail[64];
+            struct stop_output so;
+            size_t n_tail = detok_flush(&detok, tail, sizeof(tail));
+            stop_matcher_push(matcher, tail, n_tail, n_out > a.sp.min_tokens, &so);
+            memcpy(stop_text + n_stop_text, so.text, so.len);
+            n_stop_text += so.len;
+            i_stop = so.i_stop;
+            if (i_stop < 0) {
+                stop_matcher_finish(matcher, &so);
+                memcpy(stop_text + n_stop_text, so.text, so.len);
+                n_stop_text += so.len;
+            } else {
+                finish = "stop";
+            }
+        }
+        stop_text[n_stop_text] = '\0';
+        text = stop_text;
+        stop_text = NULL;
+    } else if (tok != NULL) {
         text = tokenizer_decode(tok, out_ids, (size_t)n_out, NULL);
     }
     if (json != NULL) {
@@ -359,6 +558,9 @@ int cmd_generate(int argc, char **argv) {
             cJSON_AddNullToObject(json, "text");
         }
         cJSON_AddStringToObject(json, "finish_reason", finish);
+        if (i_stop >= 0) {
+            cJSON_AddStringToObject(json, "stop_reason", a.sp.stop[i_stop]);
+        }
         cJSON_AddItemToObject(json, "logprobs", json_logprobs);
         json_logprobs = NULL;
         char *s = cJSON_PrintUnformatted(json);
@@ -380,6 +582,10 @@ int cmd_generate(int argc, char **argv) {
 
 done:
     free(text);
+    free(stop_text);
+    free(piece);
+    stop_matcher_destroy(matcher);
+    sampler_destroy(sampler);
     cJSON_Delete(json);
     cJSON_Delete(json_logprobs);
     free(logits);
