@@ -14,12 +14,20 @@
  * The raw logits are never written: logprobs need them, and the engine's logits row stays
  * untouched for whoever else reads it (prompt logprobs, tests).
  *
- * No full sort of V anywhere: top-k is a quickselect (three-way partitions, median-of-three
- * pivots; expected O(V)); top-p is the same partitioning driven by probability mass, which
- * stops at the smallest prefix whose mass reaches top_p (expected O(V)); min-p is one
- * threshold pass; the draw is a linear scan. Partitions are deterministic (no random pivots),
- * so identical logits give an identical candidate order and, with the same draw, the same
- * token — which is all that batch invariance needs from this module.
+ * No full sort of V anywhere (numbers in docs/PERFORMANCE.md):
+ *   - every pass over V is a plain loop GCC vectorizes where it can; exp is exp_neg(), a
+ *     branch-free polynomial, because libm's expf is a scalar call per token;
+ *   - top-k: a size-k min-heap (one predictable compare per token); above k = 1024, a
+ *     quickselect (three-way partitions, median-of-three pivots, expected O(V));
+ *   - top-p: a histogram of probability mass over 8 bins per octave finds the bin where the
+ *     mass accumulated from the top crosses the target; bins above are in, bins below out, and
+ *     only the crossing bin is partitioned (select_nucleus: quickselect driven by mass);
+ *   - min-p: one threshold (p_max is exactly 1 after subtracting the max logit);
+ *   - the draw: a scan of the survivors, or, with no filter, of 256-token blocks by their sums
+ *     and then one block.
+ * Everything is deterministic (fixed summation orders, no random pivots), so identical logits
+ * give an identical candidate order and, with the same draw, the same token — which is all
+ * that batch invariance needs from this module.
  */
 #include <math.h>
 #include <stdio.h>
