@@ -59,7 +59,8 @@ START_TEST(test_options_defaults_are_safe) {
     ck_assert_int_eq(o.server.port, 8080);
     ck_assert_int_eq(o.server.connection_timeout_s, 30);
     ck_assert_uint_eq(o.server.max_body_bytes, 1024 * 1024);
-    ck_assert_uint_eq(o.server.connection_memory_bytes, 64 * 1024);
+    ck_assert_uint_eq(o.server.connection_memory_bytes, 128 * 1024);
+    ck_assert_uint_eq(o.server.max_header_bytes, 32 * 1024);
     ck_assert_int_eq(o.server.n_api_keys, 0);
     ck_assert_int_eq(o.server.n_cors_origins, 0);
     ck_assert_int_eq(o.drain_timeout_s, 30);

@@ -31,7 +31,9 @@ struct server_config {
     int connection_timeout_s;            /* idle connection timeout, default 30 */
     int connection_limit;                /* open connections, default 1024 */
     int per_ip_connection_limit;         /* default 0 = no per-IP limit */
-    size_t connection_memory_bytes;      /* per-connection pool (request line + headers), 64 KiB */
+    size_t connection_memory_bytes;      /* per-connection pool (request line + headers), 128 KiB;
+                                            beyond it libmicrohttpd answers 431 itself (HTML) */
+    size_t max_header_bytes;             /* request line + headers, 32 KiB: more -> 431 (JSON) */
     size_t max_body_bytes;               /* request body cap, default 1 MiB -> 413 */
     int max_prompts;                     /* prompts per request, default 16 */
     int max_n;                           /* n and best_of, default 16 */

@@ -60,7 +60,9 @@ static const struct opt opts[] = {
     {"per-ip-connection-limit", 0, NUM(OPT_INT, server.per_ip_connection_limit, 0, 1000000),
      "open connections per client address (default 0 = no limit)"},
     {"connection-memory", 0, NUM(OPT_SIZE, server.connection_memory_bytes, 8192, 1 << 30),
-     "per-connection memory for the request line and headers (default 64KiB; more -> 431)"},
+     "per-connection memory pool (default 128KiB)"},
+    {"max-header-bytes", 0, NUM(OPT_SIZE, server.max_header_bytes, 1024, 1 << 30),
+     "request line + headers cap (default 32KiB; more -> 431)"},
     {"max-body", 0, NUM(OPT_SIZE, server.max_body_bytes, 1024, 1LL << 32),
      "request body cap (default 1MiB; more -> 413)"},
     {"max-prompts", 0, NUM(OPT_INT, server.max_prompts, 1, 64), "prompts per request (default 16)"},
@@ -113,7 +115,11 @@ void server_config_init_default(struct server_config *cfg) {
     cfg->connection_timeout_s = 30;
     cfg->connection_limit = 1024;
     cfg->per_ip_connection_limit = 0;
-    cfg->connection_memory_bytes = 64 * 1024;
+    /* The pool must hold the headers we are willing to read plus room to answer: requests
+     * between max_header_bytes and the pool size get our JSON 431, bigger ones libmicrohttpd's
+     * own (HTML) 431. */
+    cfg->connection_memory_bytes = 128 * 1024;
+    cfg->max_header_bytes = 32 * 1024;
     cfg->max_body_bytes = 1024 * 1024;
     cfg->max_prompts = 16;
     cfg->max_n = 16;

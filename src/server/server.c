@@ -929,6 +929,7 @@ static enum route find_route(const char *url) {
 struct header_counts {
     int content_length;
     int transfer_encoding;
+    size_t bytes; /* request line + headers as sent (approximately: name: value CRLF) */
 };
 
 static enum MHD_Result count_headers(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -936,6 +937,7 @@ static enum MHD_Result count_headers(void *cls, enum MHD_ValueKind kind, const c
     (void)kind;
     (void)value;
     struct header_counts *h = cls;
+    h->bytes += strlen(key) + (value != NULL ? strlen(value) : 0) + 4;
     if (strcasecmp(key, "Content-Length") == 0) {
         h->content_length++;
     } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
@@ -972,12 +974,18 @@ static enum MHD_Result handle_preflight(struct conn *x) {
 }
 
 /* First call for a request: headers only. May answer at once (errors, GET routes). */
-static enum MHD_Result on_headers(struct conn *x, const char *method) {
+static enum MHD_Result on_headers(struct conn *x, const char *method, const char *url) {
     struct server *s = x->srv;
     struct MHD_Connection *c = x->mhd;
     const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
     if (origin_allowed(s, origin)) {
         x->cors_origin = origin;
+    }
+    struct header_counts h = {0, 0, strlen(method) + strlen(url) + 12};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_headers, &h);
+    if (h.bytes > s->cfg.max_header_bytes) {
+        return respond_errorf(x, 431, "invalid_request_error", "headers_too_large",
+                              "request headers are larger than %zu bytes", s->cfg.max_header_bytes);
     }
     if (x->route == ROUTE_OTHER) {
         return respond_errorf(x, 404, "not_found_error", "not_found", "no such route");
@@ -1005,8 +1013,6 @@ static enum MHD_Result on_headers(struct conn *x, const char *method) {
         return MHD_YES;
     }
     /* POST routes: framing checks before reading a byte of the body. */
-    struct header_counts h = {0, 0};
-    MHD_get_connection_values(c, MHD_HEADER_KIND, count_headers, &h);
     if (h.content_length > 1 || (h.content_length > 0 && h.transfer_encoding > 0)) {
         return respond_errorf(x, 400, "invalid_request_error", "invalid_framing",
                               "conflicting Content-Length / Transfer-Encoding headers");
@@ -1047,7 +1053,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         *con_cls = x;
         x->route = find_route(url);
         snprintf(x->method, sizeof(x->method), "%s", method);
-        return on_headers(x, method);
+        return on_headers(x, method, url);
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;

@@ -301,8 +301,11 @@ done
 req GET /v1/nope ""
 expect_error "B11 unknown route" 404 not_found null
 big=$(head -c 65536 /dev/zero | tr '\0' 'x')
-STATUS=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Big: $big" "http://127.0.0.1:$PORT/health")
-[ "$STATUS" = 431 ] && ok || bad "B12 64 KiB header: $STATUS"
+STATUS=$(curl -s -o "$tmp/body" -D "$tmp/hdr" -w '%{http_code}' -H "X-Big: $big" "http://127.0.0.1:$PORT/health")
+expect_error "B12 64 KiB header" 431 headers_too_large null
+{ printf 'X-Big: '; head -c 300000 /dev/zero | tr '\0' 'x'; echo; } >"$tmp/bighdr"
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' -H @"$tmp/bighdr" "http://127.0.0.1:$PORT/health")
+[ "$STATUS" = 431 ] && ok || bad "B12 300 KB header (libmicrohttpd's own 431): $STATUS"
 STATUS=$(curl -s -o "$tmp/body" -D "$tmp/hdr" -w '%{http_code}' -H 'Content-Length: 5' -H 'Content-Length: 6' \
     -d '{"a":1}' "http://127.0.0.1:$PORT/v1/completions")
 [ "$STATUS" = 400 ] && ok || bad "duplicate Content-Length: $STATUS"
@@ -420,12 +423,23 @@ done
 jq -e . "$tmp/main.out" >/dev/null 2>&1 && ok || bad "access log is not JSON lines"
 
 # ---- overload (O01): 2 running + 2 queued, the rest 503 queue_full with Retry-After ---------
-start overload --max-batch 2 --max-queue 2
+start overload --max-batch 2 --max-queue 2 --connection-timeout 2
 overload_pid=$PID
+# B07: a client that announces 1000 bytes, sends 10 and stalls is closed after the idle timeout
+# (here 2 s); meanwhile a normal request is served.
+t0=$(date +%s%N)
+exec 3<>"/dev/tcp/127.0.0.1/$PORT"
+printf 'POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{"prompt":' >&3
+s=$(curl -s -o /dev/null -w '%{http_code}' -d '{"prompt":"Hi","max_tokens":2}' "http://127.0.0.1:$PORT/v1/completions")
+[ "$s" = 200 ] && ok || bad "B07: normal request during a stalled upload: $s"
+timeout 10 cat <&3 >/dev/null
+exec 3<&-
+dt=$((($(date +%s%N) - t0) / 1000000))
+[ "$dt" -ge 1500 ] && [ "$dt" -lt 8000 ] && ok || bad "B07: stalled connection closed after $dt ms (timeout 2 s)"
 curls=()
 for i in $(seq 1 8); do
     curl -sN -D "$tmp/ov_hdr$i" "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-        -d '{"prompt":"Hello","max_tokens":100,"ignore_eos":true,"stream":true}' >"$tmp/ov$i" 2>/dev/null &
+        -d '{"prompt":"Hello","max_tokens":400,"ignore_eos":true,"stream":true}' >"$tmp/ov$i" 2>/dev/null &
     curls+=($!)
     sleep 0.02
 done
