@@ -133,6 +133,7 @@ struct conn {
 
     /* request body */
     struct sbuf body;
+    size_t body_seen; /* bytes uploaded so far, kept or not */
     bool body_too_large;
 
     /* completion */
@@ -140,7 +141,6 @@ struct conn {
     struct completion_builder *builder;
     struct completion_meta meta;
     struct engine_request *ereqs[64]; /* one per prompt */
-    bool ereq_done[64];
     int n_ereqs;
     bool is_stream;
     bool counted_inflight;
@@ -642,9 +642,6 @@ static bool take_events(struct conn *x) {
     struct engine_event evs[8];
     bool any = false;
     for (int i = 0; i < x->n_ereqs && !x->has_error; i++) {
-        if (x->ereq_done[i]) {
-            continue;
-        }
         size_t n;
         while (!x->has_error && (n = engine_request_poll(x->ereqs[i], evs, 8)) > 0) {
             any = true;
@@ -1061,12 +1058,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         if (x->responded) {
             return MHD_YES; /* discard the body of a request already answered */
         }
+        x->body_seen += n;
         if (x->body_too_large || x->body.len + n > s->cfg.max_body_bytes) {
-            /* Chunked upload beyond the cap: stop storing it; answer 413 at its end, or drop
-             * the connection if it goes on much longer. */
+            /* Chunked upload beyond the cap: stop storing it and answer 413 at its end; a
+             * client that goes on for much longer is dropped. */
             x->body_too_large = true;
             sbuf_finish(&x->body);
-            return x->body.len == 0 && n > 4 * s->cfg.max_body_bytes ? MHD_NO : MHD_YES;
+            return x->body_seen > 4 * s->cfg.max_body_bytes ? MHD_NO : MHD_YES;
         }
         sbuf_append(&x->body, upload_data, n);
         return x->body.failed ? MHD_NO : MHD_YES;
