@@ -73,10 +73,17 @@ START_TEST(test_options_precedence_flags_over_env_over_file) {
     write_tmp("{\"_comment\": \"doc\", \"port\": 1000, \"max_body\": \"2MiB\", \"host\": "
               "\"0.0.0.0\", \"api_key\": [\"file-a\", \"file-b\"], \"strict_model\": true, "
               "\"queue_timeout\": 5, \"kv_cache_mb\": 64}");
-    const char *env[] = {
-        "GPTD_PORT",   "2000",   "GPTD_MAX_BODY",     "512K",
-        "GPTD_CONFIG", tmp_path, "GPTD_CORS_ORIGINS", "http://a.example, http://b.example",
-        NULL};
+    const char *env[] = {"GPTD_PORT",
+                         "2000",
+                         "GPTD_MAX_BODY",
+                         "512K",
+                         "GPTD_CONFIG",
+                         tmp_path,
+                         "GPTD_CORS_ORIGINS",
+                         "http://a.example, http://b.example",
+                         "GPTD_ALLOWED_HOSTS",
+                         "gptd.internal",
+                         NULL};
     fake_env = env;
     char *argv[] = {
         "serve",           "--port", "3000",        "--api-key", "flag-c", "--api-key=flag-d",
@@ -93,6 +100,8 @@ START_TEST(test_options_precedence_flags_over_env_over_file) {
     ck_assert_str_eq(o.server.api_keys[1], "flag-d");
     ck_assert_int_eq(o.server.n_cors_origins, 2);
     ck_assert_str_eq(o.server.cors_origins[1], "http://b.example");
+    ck_assert_int_eq(o.server.n_allowed_hosts, 1);
+    ck_assert_str_eq(o.server.allowed_hosts[0], "gptd.internal");
     ck_assert_int_eq(o.engine.queue_timeout_ms, 2500);
     ck_assert_int_eq(o.engine.max_running, 2);
     ck_assert_uint_eq(o.engine.kv_cache_bytes, (size_t)64 << 20);

@@ -45,6 +45,10 @@ struct server_config {
     bool metrics_public; /* /metrics without a key even when keys are set (default false) */
     char *cors_origins[SERVER_MAX_CORS_ORIGINS]; /* borrowed; exact origins allowed */
     int n_cors_origins;
+    /* DNS rebinding guard: when bound to a loopback address, a request whose Host header is
+     * not localhost, 127.0.0.1, [::1] (any port) or one of these gets 403. */
+    char *allowed_hosts[SERVER_MAX_CORS_ORIGINS]; /* borrowed */
+    int n_allowed_hosts;
     int ping_interval_ms; /* SSE `: ping` while nothing is produced, default 1000 */
     bool access_log;      /* one JSON line per request on stdout, default true */
 };
@@ -97,7 +101,7 @@ struct server_options {
     struct server_config server;
     struct engine_config engine;
     /* Storage for strings the configs borrow (keys, origins); freed by server_options_finish. */
-    char *owned[2 * (SERVER_MAX_API_KEYS + SERVER_MAX_CORS_ORIGINS) + 8];
+    char *owned[2 * (SERVER_MAX_API_KEYS + 2 * SERVER_MAX_CORS_ORIGINS) + 8];
     int n_owned;
 };
 

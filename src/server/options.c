@@ -19,15 +19,16 @@
 #include <gptd/server.h>
 
 enum opt_type {
-    OPT_STR,    /* char[] field */
-    OPT_INT,    /* int field, [lo, hi] */
-    OPT_SIZE,   /* size_t bytes: "1048576", "64K", "64KiB", "1M", "1MiB", "2G" */
-    OPT_MIB,    /* size_t bytes given in MiB */
-    OPT_BOOL,   /* bool field; a bare flag means true */
-    OPT_MS,     /* int64_t milliseconds given in seconds (may be fractional) */
-    OPT_I32,    /* int32_t field, [lo, hi] */
-    OPT_KEYS,   /* --api-key, repeatable */
-    OPT_ORIGINS /* --cors-origins, repeatable and comma-separated */
+    OPT_STR,     /* char[] field */
+    OPT_INT,     /* int field, [lo, hi] */
+    OPT_SIZE,    /* size_t bytes: "1048576", "64K", "64KiB", "1M", "1MiB", "2G" */
+    OPT_MIB,     /* size_t bytes given in MiB */
+    OPT_BOOL,    /* bool field; a bare flag means true */
+    OPT_MS,      /* int64_t milliseconds given in seconds (may be fractional) */
+    OPT_I32,     /* int32_t field, [lo, hi] */
+    OPT_KEYS,    /* --api-key, repeatable */
+    OPT_ORIGINS, /* --cors-origins, repeatable and comma-separated */
+    OPT_HOSTS    /* --allowed-hosts, repeatable and comma-separated */
 };
 
 struct opt {
@@ -77,6 +78,8 @@ static const struct opt opts[] = {
     {"api-key-file", 0, STR(api_key_file), "file with one API key per line"},
     {"metrics-public", 0, NUM(OPT_BOOL, server.metrics_public, 0, 1),
      "serve /metrics without an API key"},
+    {"allowed-hosts", 0, NUM(OPT_HOSTS, server.allowed_hosts, 0, 0),
+     "Host header values accepted besides localhost/127.0.0.1/[::1] when bound to loopback"},
     {"cors-origins", 0, NUM(OPT_ORIGINS, server.cors_origins, 0, 0),
      "allowed browser origins, comma-separated or repeated (default: none)"},
     {"ping-interval-ms", 0, NUM(OPT_INT, server.ping_interval_ms, 50, 60000),
@@ -104,7 +107,7 @@ enum source { SRC_FILE = 1, SRC_ENV = 2, SRC_FLAG = 3 };
 
 /* Which source last started the repeatable lists (a higher one replaces, not appends). */
 struct list_state {
-    enum source keys_src, origins_src;
+    enum source keys_src, origins_src, hosts_src;
 };
 
 void server_config_init_default(struct server_config *cfg) {
@@ -217,7 +220,9 @@ static int add_key(struct server_options *o, const char *v, char *err, size_t er
     return 0;
 }
 
-static int add_origins(struct server_options *o, const char *v, char *err, size_t err_size) {
+/* Appends the comma-separated items of v to list (at most max). */
+static int add_list(struct server_options *o, char **list, int *n, int max, const char *v,
+                    char *err, size_t err_size) {
     while (*v != '\0') {
         const char *comma = strchr(v, ',');
         size_t len = comma != NULL ? (size_t)(comma - v) : strlen(v);
@@ -229,14 +234,14 @@ static int add_origins(struct server_options *o, const char *v, char *err, size_
             len--;
         }
         if (len > 0) {
-            if (o->server.n_cors_origins >= SERVER_MAX_CORS_ORIGINS) {
-                return fail(err, err_size, "too many CORS origins (at most %s)%s", "16", "");
+            if (*n >= max) {
+                return fail(err, err_size, "too many list items (at most %s)%s", "16", "");
             }
             char *s = own(o, v, len);
             if (s == NULL) {
                 return fail(err, err_size, "out of memory%s%s", "", "");
             }
-            o->server.cors_origins[o->server.n_cors_origins++] = s;
+            list[(*n)++] = s;
         }
         v += len;
         while (*v == ',' || *v == ' ') {
@@ -313,7 +318,15 @@ static int apply(struct server_options *o, struct list_state *ls, const struct o
             o->server.n_cors_origins = 0;
             ls->origins_src = src;
         }
-        return add_origins(o, v, err, err_size);
+        return add_list(o, o->server.cors_origins, &o->server.n_cors_origins,
+                        SERVER_MAX_CORS_ORIGINS, v, err, err_size);
+    case OPT_HOSTS:
+        if (ls->hosts_src != src) {
+            o->server.n_allowed_hosts = 0;
+            ls->hosts_src = src;
+        }
+        return add_list(o, o->server.allowed_hosts, &o->server.n_allowed_hosts,
+                        SERVER_MAX_CORS_ORIGINS, v, err, err_size);
     }
     return -1;
 }
@@ -386,7 +399,8 @@ static int load_file(struct server_options *o, struct list_state *ls, const char
             continue;
         }
         char num[64];
-        if (cJSON_IsArray(it) && (op->type == OPT_KEYS || op->type == OPT_ORIGINS)) {
+        if (cJSON_IsArray(it) &&
+            (op->type == OPT_KEYS || op->type == OPT_ORIGINS || op->type == OPT_HOSTS)) {
             for (const cJSON *e = it->child; e != NULL && rc == 0; e = e->next) {
                 if (!cJSON_IsString(e)) {
                     rc = fail(err, err_size, "config file %s: '%s' must hold strings", path,
@@ -479,7 +493,7 @@ void server_options_print_usage(void *file) {
 
 int server_options_load(struct server_options *o, int argc, char **argv,
                         const char *(*getenv_fn)(const char *name), char *err, size_t err_size) {
-    struct list_state ls = {0, 0};
+    struct list_state ls = {0, 0, 0};
     /* 1. find --config and --help first: the file is applied before everything else. */
     const char *config = getenv_fn != NULL ? getenv_fn("GPTD_CONFIG") : NULL;
     for (int i = 1; i < argc; i++) {

@@ -90,6 +90,7 @@ struct conn;
 
 struct server {
     struct server_config cfg;
+    bool check_host; /* bound to loopback: refuse foreign Host headers (DNS rebinding) */
     struct MHD_Daemon *mhd;
     int port;
     struct auth_keys *keys;
@@ -955,6 +956,34 @@ static bool origin_allowed(const struct server *s, const char *origin) {
     return false;
 }
 
+static bool is_loopback_name(const char *h, size_t len) {
+    return (len == 9 && strncasecmp(h, "localhost", 9) == 0) ||
+           (len >= 4 && strncmp(h, "127.", 4) == 0 && strspn(h, "0123456789.") == len) ||
+           (len == 5 && strncmp(h, "[::1]", 5) == 0) || (len == 3 && strncmp(h, "::1", 3) == 0);
+}
+
+/* The Host header names this loopback server (any port), or an --allowed-hosts entry. */
+static bool host_allowed(const struct server *s, const char *host) {
+    if (!s->check_host || host == NULL) {
+        return true; /* HTTP/1.0 without Host: nothing a browser would send */
+    }
+    size_t len = strlen(host);
+    const char *colon = strrchr(host, ':');
+    if (colon != NULL && (host[0] != '[' || (colon > host && colon[-1] == ']'))) {
+        len = (size_t)(colon - host); /* strip ":port" (not the colons of a bare IPv6) */
+    }
+    if (is_loopback_name(host, len)) {
+        return true;
+    }
+    for (int i = 0; i < s->cfg.n_allowed_hosts; i++) {
+        if (strlen(s->cfg.allowed_hosts[i]) == len &&
+            strncasecmp(host, s->cfg.allowed_hosts[i], len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static enum MHD_Result handle_preflight(struct conn *x) {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     if (r == NULL) {
@@ -983,6 +1012,10 @@ static enum MHD_Result on_headers(struct conn *x, const char *method, const char
     if (h.bytes > s->cfg.max_header_bytes) {
         return respond_errorf(x, 431, "invalid_request_error", "headers_too_large",
                               "request headers are larger than %zu bytes", s->cfg.max_header_bytes);
+    }
+    if (!host_allowed(s, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host"))) {
+        return respond_errorf(x, 403, "permission_error", "host_not_allowed",
+                              "the Host header does not name this server (see --allowed-hosts)");
     }
     if (x->route == ROUTE_OTHER) {
         return respond_errorf(x, 404, "not_found_error", "not_found", "no such route");
@@ -1210,6 +1243,7 @@ struct server *server_create(const struct server_config *cfg, char *err, size_t 
         snprintf(err, err_size, "cannot resolve --host %s: %s", cfg->host, gai_strerror(gai));
         goto fail;
     }
+    s->check_host = is_loopback_name(cfg->host, strlen(cfg->host));
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
                          MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) {

@@ -391,6 +391,13 @@ req POST /v1/completions '{"prompt":"Hi","max_tokens":2,"stream":true}' -H 'Auth
     bad "A08 stream without ACAO"
 req GET /metrics ""
 [ "$STATUS" = 401 ] && ok || bad "/metrics without key: $STATUS"
+# DNS rebinding: bound to loopback, a foreign Host is refused; localhost names (any port) pass.
+req GET /health "" -H 'Host: evil.example'
+expect_error "foreign Host" 403 host_not_allowed null
+for h in localhost localhost:1234 127.0.0.1 '[::1]:80'; do
+    req GET /health "" -H "Host: $h"
+    [ "$STATUS" = 200 ] && ok || bad "Host $h: $STATUS"
+done
 kill -TERM "$auth_pid"
 wait "$auth_pid"
 
