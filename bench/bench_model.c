@@ -308,9 +308,15 @@ static double bench_prefill(struct model *model, struct kv_cache *kv, int32_t n,
 int main(int argc, char **argv) {
     const char *dir = "build/gpt2-124m-random";
     int n_threads = 2;
+    int is_model_only = 0;
+    int32_t only_batch = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             n_threads = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--model-only") == 0) {
+            is_model_only = 1; /* skip the machine probes (for profiling) */
+        } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
+            only_batch = atoi(argv[++i]); /* one decode batch size, no prefill */
         } else {
             dir = argv[i];
         }
@@ -318,24 +324,27 @@ int main(int argc, char **argv) {
     model_set_threads(n_threads);
     openblas_set_num_threads(n_threads);
 
-    printf("== machine probes (%d threads)\n", n_threads);
-    double bw = measure_bandwidth(n_threads);
-    printf("memory read bandwidth: %.1f GB/s\n", bw);
-    const int ms[] = {1, 8, 32, 64, 128, 512};
-    double sgemm[6];
-    for (int i = 0; i < 6; i++) {
-        sgemm[i] = measure_sgemm(ms[i], 768, 2304);
-        printf("cblas_sgemm M=%-3d K=768 N=2304: %6.1f GFLOPS\n", ms[i], sgemm[i]);
+    double bw = 1.0;
+    double sgemm[6] = {1.0, 1.0, 1.0, 1.0, 1.0, 1.0};
+    if (!is_model_only) {
+        printf("== machine probes (%d threads)\n", n_threads);
+        bw = measure_bandwidth(n_threads);
+        printf("memory read bandwidth: %.1f GB/s\n", bw);
+        const int ms[] = {1, 8, 32, 64, 128, 512};
+        for (int i = 0; i < 6; i++) {
+            sgemm[i] = measure_sgemm(ms[i], 768, 2304);
+            printf("cblas_sgemm M=%-3d K=768 N=2304: %6.1f GFLOPS\n", ms[i], sgemm[i]);
+        }
+        struct pool *pool = pool_create(n_threads);
+        for (int i = 0; i < 6; i++) {
+            double g = measure_kernel(pool, ms[i], 768, 2304);
+            printf("gptd kernel (%s) M=%-3d K=768 N=2304: %6.1f GFLOPS (%.0f%% of sgemm)\n",
+                   kernel_isa_name(kernel_isa_best()), ms[i], g, 100.0 * g / sgemm[i]);
+        }
+        pool_destroy(pool);
+        printf("cblas_sgemm rows bit-identical alone vs in a block of 64: %s\n",
+               sgemm_rows_invariant(64, 768, 2304) ? "yes" : "no");
     }
-    struct pool *pool = pool_create(n_threads);
-    for (int i = 0; i < 6; i++) {
-        double g = measure_kernel(pool, ms[i], 768, 2304);
-        printf("gptd kernel (%s) M=%-3d K=768 N=2304: %6.1f GFLOPS (%.0f%% of sgemm)\n",
-               kernel_isa_name(kernel_isa_best()), ms[i], g, 100.0 * g / sgemm[i]);
-    }
-    pool_destroy(pool);
-    printf("cblas_sgemm rows bit-identical alone vs in a block of 64: %s\n",
-           sgemm_rows_invariant(64, 768, 2304) ? "yes" : "no");
 
     char err[1024];
     struct model *model = model_load(dir, err, sizeof(err));
@@ -358,6 +367,9 @@ int main(int argc, char **argv) {
            model_n_params(model), step_bytes / 1e6);
     const int32_t batches[] = {1, 8, 32, 64};
     for (int i = 0; i < 4; i++) {
+        if (only_batch > 0 && batches[i] != only_batch) {
+            continue;
+        }
         double step_ms;
         double tps = bench_decode(model, kv, batches[i], 128, &step_ms);
         double gflops = tps * (matmul_flops_per_row(c) + lm_flops) / 1e9;
@@ -372,6 +384,11 @@ int main(int argc, char **argv) {
             printf("; bandwidth bound %.1f tok/s -> %.0f%%", bound, 100.0 * tps / bound);
         }
         printf("\n");
+    }
+    if (only_batch > 0) {
+        kv_cache_destroy(kv);
+        model_destroy(model);
+        return 0;
     }
     double prefill_ms;
     double ptps = bench_prefill(model, kv, 512, &prefill_ms);

@@ -441,7 +441,7 @@ static void run_alone(struct model *model, const int32_t *prompt, int32_t n_prom
                       float *logits, int32_t *ids) {
     const struct model_config *cfg = model_get_config(model);
     char err[256];
-    struct kv_cache *kv = kv_cache_create(model, 64u << 20, err, sizeof(err));
+    struct kv_cache *kv = kv_cache_create(model, 4u << 20, err, sizeof(err));
     ck_assert_msg(kv != NULL, "%s", err);
     struct model_scratch *scratch = model_scratch_create(model, MAX_PROMPT, 1);
     ck_assert_ptr_nonnull(scratch);
@@ -536,7 +536,7 @@ START_TEST(test_ragged_batch_is_bit_identical_to_alone) {
         run_alone(g_model, g_prompts[i].ids, g_prompts[i].n_ids, n_steps, alone[i], alone_ids[i]);
     }
     char err[256];
-    struct kv_cache *kv = kv_cache_create(g_model, 64u << 20, err, sizeof(err));
+    struct kv_cache *kv = kv_cache_create(g_model, 16u << 20, err, sizeof(err));
     struct model_scratch *scratch = model_scratch_create(g_model, 512, N_PROMPTS);
     float *logits = malloc(N_PROMPTS * row_floats * sizeof(float));
     struct kv_seq seqs[N_PROMPTS];

@@ -43,6 +43,9 @@ struct kv_cache *kv_cache_create(const struct model *model, size_t budget_bytes,
     if (kv->data == NULL || kv->refcount == NULL || kv->free_ids == NULL) {
         goto oom;
     }
+    /* Touch every page now: the budget is committed at start-up (a server that cannot have it
+     * should fail here, not mid-request), and no decode step pays first-touch page faults. */
+    memset(kv->data, 0, data_bytes);
     /* Pop order low ids first: ids are handed out from the top of the stack. */
     for (int32_t i = 0; i < kv->n_blocks; i++) {
         kv->free_ids[i] = kv->n_blocks - 1 - i;

@@ -2,11 +2,16 @@
  * pool.c: the forward pass's thread pool (see pool.h for the contract and the spin-then-sleep
  * rationale).
  *
- * Protocol: the caller publishes (fn, ctx, n_tasks), resets the task counter and bumps
- * `generation`; each worker that sees a new generation takes tasks from the shared atomic
- * counter until none remain, then decrements `n_busy`. The caller also takes tasks, then waits
- * for n_busy to reach zero. Workers spin on `generation` for a bounded number of polls, then
- * sleep on the condvar; the caller broadcasts only when someone is asleep.
+ * Protocol. One 64-bit atomic word holds (generation : 24 | n_tasks : 20 | next task : 20).
+ * pool_run stores fn/ctx, zeroes n_done, then publishes a new word (release). Anyone claims a
+ * task with a compare-and-swap that bumps `next` only while the word still carries the same
+ * generation and next < n_tasks; a successful claim proves the run is still in flight (its task
+ * is not done), so fn/ctx read after it are that run's. The caller claims tasks too and returns
+ * once n_done == n_tasks. The caller never waits for a worker that has not started: on a busy
+ * machine a descheduled worker just finds nothing left when it wakes, instead of stalling every
+ * parallel region of a decode step behind the scheduler. Workers spin on the word for a
+ * bounded number of polls, then sleep on the condvar; the caller broadcasts only when someone
+ * sleeps (n_sleeping and the word are both seq_cst, so one side always sees the other).
  */
 #include "pool.h"
 
@@ -17,9 +22,14 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-/* Polls of `generation` before a worker sleeps: long enough to bridge the serial gaps of a
- * decode step (microseconds), short enough that an idle pool sleeps within a millisecond. */
+/* Polls of the word before a worker sleeps: long enough to bridge the serial gaps of a decode
+ * step (microseconds), short enough that an idle pool sleeps within a millisecond. */
 #define POOL_SPIN_POLLS 20000
+
+#define WORD_GEN_SHIFT   40
+#define WORD_TASKS_SHIFT 20
+#define WORD_FIELD_MASK  ((1ull << 20) - 1)
+#define POOL_MAX_TASKS   ((int32_t)WORD_FIELD_MASK)
 
 struct pool {
     int n_threads;
@@ -30,14 +40,12 @@ struct pool {
     pthread_mutex_t mutex;
     pthread_cond_t cond;
     atomic_int n_sleeping; /* workers waiting (or about to wait) on cond */
-    atomic_uint generation;
     atomic_int is_stopping;
 
+    _Atomic uint64_t word; /* generation | n_tasks | next */
+    atomic_int n_done;
     pool_task_fn fn;
     void *ctx;
-    int32_t n_tasks;
-    atomic_int next_task;
-    atomic_int n_busy;
 };
 
 struct worker_arg {
@@ -51,13 +59,26 @@ static void cpu_relax(void) {
 #endif
 }
 
-static void run_tasks(struct pool *pool, int i_thread) {
+static uint64_t word_gen(uint64_t w) {
+    return w >> WORD_GEN_SHIFT;
+}
+
+/* Claims and runs tasks of the generation `gen` until none are left. */
+static void run_tasks(struct pool *pool, uint64_t gen, int i_thread) {
+    uint64_t w = atomic_load_explicit(&pool->word, memory_order_acquire);
     for (;;) {
-        int i = atomic_fetch_add_explicit(&pool->next_task, 1, memory_order_relaxed);
-        if (i >= pool->n_tasks) {
-            break;
+        uint64_t n_tasks = (w >> WORD_TASKS_SHIFT) & WORD_FIELD_MASK;
+        uint64_t next = w & WORD_FIELD_MASK;
+        if (word_gen(w) != gen || next >= n_tasks) {
+            return;
         }
-        pool->fn(pool->ctx, i, i_thread);
+        if (!atomic_compare_exchange_weak_explicit(&pool->word, &w, w + 1, memory_order_acq_rel,
+                                                   memory_order_acquire)) {
+            continue; /* w now holds the current word */
+        }
+        pool->fn(pool->ctx, (int32_t)next, i_thread);
+        atomic_fetch_add_explicit(&pool->n_done, 1, memory_order_release);
+        w = atomic_load_explicit(&pool->word, memory_order_acquire);
     }
 }
 
@@ -65,13 +86,13 @@ static void *worker_main(void *arg) {
     struct pool *pool = ((struct worker_arg *)arg)->pool;
     int i_thread = ((struct worker_arg *)arg)->i_thread;
     free(arg);
-    /* Generation 0 is the pool's birth, not whatever it is by the time this thread runs: a
-     * pool_run issued before the thread started must still be seen as new. */
-    unsigned seen = 0;
+    /* Generation 0 is the pool's birth, not whatever it is by the time this thread runs: a run
+     * published before the thread started must still be seen as new. */
+    uint64_t seen = 0;
     for (;;) {
-        unsigned gen;
+        uint64_t gen;
         int polls = 0;
-        while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen &&
+        while ((gen = word_gen(atomic_load(&pool->word))) == seen &&
                !atomic_load(&pool->is_stopping)) {
             if (++polls < POOL_SPIN_POLLS) {
                 cpu_relax();
@@ -82,7 +103,7 @@ static void *worker_main(void *arg) {
             }
             pthread_mutex_lock(&pool->mutex);
             atomic_fetch_add(&pool->n_sleeping, 1);
-            while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->is_stopping)) {
+            while (word_gen(atomic_load(&pool->word)) == seen && !atomic_load(&pool->is_stopping)) {
                 pthread_cond_wait(&pool->cond, &pool->mutex);
             }
             atomic_fetch_sub(&pool->n_sleeping, 1);
@@ -93,8 +114,7 @@ static void *worker_main(void *arg) {
             break;
         }
         seen = gen;
-        run_tasks(pool, i_thread);
-        atomic_fetch_sub_explicit(&pool->n_busy, 1, memory_order_release);
+        run_tasks(pool, gen, i_thread);
     }
     return NULL;
 }
@@ -157,8 +177,9 @@ void pool_run(struct pool *pool, pool_task_fn fn, void *ctx, int32_t n_tasks) {
     if (n_tasks <= 0) {
         return;
     }
-    /* In a forked child the workers do not exist: run everything on the caller. */
-    if (pool->n_threads == 1 || n_tasks == 1 || getpid() != pool->pid) {
+    /* One thread, one task, more tasks than the word holds (never in practice), or a forked
+     * child whose workers do not exist: run everything on the caller. */
+    if (pool->n_threads == 1 || n_tasks == 1 || n_tasks > POOL_MAX_TASKS || getpid() != pool->pid) {
         for (int32_t i = 0; i < n_tasks; i++) {
             fn(ctx, i, 0);
         }
@@ -166,19 +187,22 @@ void pool_run(struct pool *pool, pool_task_fn fn, void *ctx, int32_t n_tasks) {
     }
     pool->fn = fn;
     pool->ctx = ctx;
-    pool->n_tasks = n_tasks;
-    atomic_store_explicit(&pool->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&pool->n_busy, pool->n_threads - 1, memory_order_relaxed);
-    /* seq_cst, paired with the worker's n_sleeping increment: one side always sees the other. */
-    atomic_fetch_add(&pool->generation, 1);
+    atomic_store_explicit(&pool->n_done, 0, memory_order_relaxed);
+    uint64_t gen = (word_gen(atomic_load_explicit(&pool->word, memory_order_relaxed)) + 1) &
+                   ((1ull << 24) - 1);
+    if (gen == 0) {
+        gen = 1; /* 0 is the birth generation workers start from */
+    }
+    /* seq_cst store, paired with the worker's n_sleeping increment. */
+    atomic_store(&pool->word, (gen << WORD_GEN_SHIFT) | ((uint64_t)n_tasks << WORD_TASKS_SHIFT));
     if (atomic_load(&pool->n_sleeping) > 0) {
         pthread_mutex_lock(&pool->mutex);
         pthread_cond_broadcast(&pool->cond);
         pthread_mutex_unlock(&pool->mutex);
     }
-    run_tasks(pool, 0);
+    run_tasks(pool, gen, 0);
     int polls = 0;
-    while (atomic_load_explicit(&pool->n_busy, memory_order_acquire) > 0) {
+    while (atomic_load_explicit(&pool->n_done, memory_order_acquire) < n_tasks) {
         cpu_relax();
         if ((++polls & 255) == 0) {
             sched_yield();
