@@ -215,6 +215,12 @@ static double measure_kernel(struct pool *pool, int m, int k, int n) {
 
 /* ---- the model ---- */
 
+/* Bytes of a KV pool of n_blocks blocks. */
+static size_t kv_bytes_for(const struct model *model, size_t n_blocks) {
+    const struct model_config *c = model_get_config(model);
+    return n_blocks * (size_t)c->n_layer * 2 * KV_BLOCK_SIZE * (size_t)c->n_embd * sizeof(float);
+}
+
 static double matmul_flops_per_row(const struct model_config *c) {
     double C = c->n_embd;
     double F = c->n_inner;
@@ -223,9 +229,17 @@ static double matmul_flops_per_row(const struct model_config *c) {
 
 /* Decode tok/s at batch size b: one 128-token prompt, forked b times (the blocks are shared,
  * so attention reads as much as b private copies), then timed greedy-free decode steps. */
-static double bench_decode(struct model *model, struct kv_cache *kv, int32_t b, int32_t ctx,
-                           double *step_ms) {
+static double bench_decode(struct model *model, int32_t b, int32_t ctx, double *step_ms) {
     const struct model_config *c = model_get_config(model);
+    /* Blocks for the shared prompt plus each sequence's own decode tail (made per run, so the
+     * pre-faulting of the pool stays proportional to the batch). */
+    char err[256];
+    struct kv_cache *kv = kv_cache_create(
+        model, kv_bytes_for(model, (ctx / KV_BLOCK_SIZE + 2) + (size_t)b * 3), err, sizeof(err));
+    if (kv == NULL) {
+        fprintf(stderr, "bench_model: %s\n", err);
+        exit(1);
+    }
     struct model_scratch *scratch = model_scratch_create(model, ctx > b ? ctx : b, b);
     float *logits = malloc((size_t)b * c->n_vocab * sizeof(float));
     struct kv_seq *seqs = calloc((size_t)b, sizeof(*seqs));
@@ -275,6 +289,7 @@ static double bench_decode(struct model *model, struct kv_cache *kv, int32_t b, 
     free(seqs);
     free(logits);
     model_scratch_destroy(scratch);
+    kv_cache_destroy(kv);
     return (double)b * n_steps / s;
 }
 
@@ -354,7 +369,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     const struct model_config *c = model_get_config(model);
-    struct kv_cache *kv = kv_cache_create(model, (size_t)1200 << 20, err, sizeof(err));
+    struct kv_cache *kv =
+        kv_cache_create(model, kv_bytes_for(model, 600 / KV_BLOCK_SIZE), err, sizeof(err));
     if (kv == NULL) {
         fprintf(stderr, "bench_model: %s\n", err);
         return 1;
@@ -371,7 +387,7 @@ int main(int argc, char **argv) {
             continue;
         }
         double step_ms;
-        double tps = bench_decode(model, kv, batches[i], 128, &step_ms);
+        double tps = bench_decode(model, batches[i], 128, &step_ms);
         double gflops = tps * (matmul_flops_per_row(c) + lm_flops) / 1e9;
         double sg = batches[i] == 1
                         ? sgemm[0]
