@@ -285,6 +285,9 @@ static double log_normaliser(const float *logits, int32_t n_vocab) {
 
 /* The k largest logits, largest first (ties: smaller id first), by insertion into a short list. */
 static int32_t top_k(const float *logits, int32_t n_vocab, int32_t k, struct top_entry *out) {
+    if (k <= 0) {
+        return 0; /* without this, k = 0 reads out[-1] below */
+    }
     int32_t n = 0;
     for (int32_t i = 0; i < n_vocab; i++) {
         if (n == k && logits[i] <= out[n - 1].logit) {
