@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # meson.build's dependency() calls and with docker/Dockerfile's runtime stage.
 PACKAGES=(
     build-essential meson ninja-build pkg-config git
-    libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev check
+    libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev libcurl4-openssl-dev check
     valgrind clang-format curl jq wrk apache2-utils
 )
 
