@@ -325,13 +325,18 @@ int main(int argc, char **argv) {
     int n_threads = 2;
     int is_model_only = 0;
     int32_t only_batch = 0;
+    int is_prefill_only = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             n_threads = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--model-only") == 0) {
             is_model_only = 1; /* skip the machine probes (for profiling) */
         } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
-            only_batch = atoi(argv[++i]); /* one decode batch size, no prefill */
+            only_batch = atoi(argv[++i]); /* one decode batch size (-1: none), no prefill */
+        } else if (strcmp(argv[i], "--prefill-only") == 0) {
+            only_batch = -1;
+            is_prefill_only = 1;
+            is_model_only = 1;
         } else {
             dir = argv[i];
         }
@@ -383,7 +388,7 @@ int main(int argc, char **argv) {
            model_n_params(model), step_bytes / 1e6);
     const int32_t batches[] = {1, 8, 32, 64};
     for (int i = 0; i < 4; i++) {
-        if (only_batch > 0 && batches[i] != only_batch) {
+        if (only_batch != 0 && batches[i] != only_batch) {
             continue;
         }
         double step_ms;
@@ -401,7 +406,7 @@ int main(int argc, char **argv) {
         }
         printf("\n");
     }
-    if (only_batch > 0) {
+    if (only_batch > 0 && !is_prefill_only) {
         kv_cache_destroy(kv);
         model_destroy(model);
         return 0;
