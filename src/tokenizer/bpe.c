@@ -11,7 +11,8 @@
  * BPE (and the original encoder's left-to-right sweep) produces. Merging a pair kills the right
  * symbol and pushes the (at most two) new pairs it forms with its neighbours; heap entries that
  * went stale are recognised on pop by their ids no longer matching. Each merge is O(log n), so a
- * 900,000-byte pre-token costs milliseconds, not the hours a rescan-all-pairs loop would.
+ * 900,000-byte pre-token takes about a quarter of a second (bench_tokenizer), where a loop that
+ * rescans all pairs after each merge would do some 10^11 lookups.
  */
 #include <stdlib.h>
 #include <string.h>
