@@ -229,9 +229,14 @@ START_TEST(test_engine_concurrent_requests_match_alone) {
     struct engine *e = make_engine((size_t)64 << 20, 64, 256, 0);
     ck_assert_int_eq(engine_start(e), 0);
     run_alone(e, alone, N_MIXED);
+    engine_destroy(e);
+    /* All 32 are queued before the engine starts, so they really run together whatever the
+     * machine's load. */
+    e = make_engine((size_t)64 << 20, 64, 256, 0);
     for (int i = 0; i < N_MIXED; i++) {
         job_submit(e, &together[i]);
     }
+    ck_assert_int_eq(engine_start(e), 0);
     wait_all(together, N_MIXED);
     for (int i = 0; i < N_MIXED; i++) {
         ck_assert(!together[i].out.has_error);
@@ -242,7 +247,7 @@ START_TEST(test_engine_concurrent_requests_match_alone) {
     struct engine_metrics m;
     engine_get_metrics(e, &m);
     ck_assert_int_eq(m.kv_blocks_used, 0);
-    ck_assert_uint_eq(m.requests_completed, 2 * N_MIXED);
+    ck_assert_uint_eq(m.requests_completed, N_MIXED);
     engine_destroy(e);
 }
 END_TEST
@@ -259,10 +264,10 @@ START_TEST(test_engine_preemption_keeps_outputs) {
     /* A pool of about 40 blocks (640 positions): the 32 requests need far more together. */
     size_t per_block = 2 * 4 * 64 * KV_BLOCK_SIZE * sizeof(float);
     struct engine *e = make_engine(40 * per_block, 64, 256, 0);
-    ck_assert_int_eq(engine_start(e), 0);
     for (int i = 0; i < N_MIXED; i++) {
         job_submit(e, &together[i]);
     }
+    ck_assert_int_eq(engine_start(e), 0);
     wait_all(together, N_MIXED);
     for (int i = 0; i < N_MIXED; i++) {
         ck_assert(!together[i].out.has_error);
