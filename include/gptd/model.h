@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 enum model_activation {
-    MODEL_ACT_GELU_TANH = 0, /* "gelu_new", "gelu_pytorch_tanh" */
+    MODEL_ACT_GELU_TANH = 0,  /* "gelu_new", "gelu_pytorch_tanh" */
     MODEL_ACT_GELU_EXACT = 1, /* "gelu" (erf) */
 };
 
@@ -71,9 +71,9 @@ struct kv_cache;
 
 /* A sequence's block table. Owned by the caller (the engine); its blocks belong to the pool. */
 struct kv_seq {
-    int32_t *blocks;   /* (max_blocks,) block ids; allocated by kv_seq_init */
-    int32_t n_blocks;  /* blocks in use */
-    int32_t n_pos;     /* positions whose K/V are stored */
+    int32_t *blocks;  /* (max_blocks,) block ids; allocated by kv_seq_init */
+    int32_t n_blocks; /* blocks in use */
+    int32_t n_pos;    /* positions whose K/V are stored */
     int32_t max_blocks;
 };
 
@@ -88,7 +88,8 @@ size_t kv_cache_bytes_per_block(const struct kv_cache *kv);
 int kv_seq_init(struct kv_seq *seq, const struct kv_cache *kv);
 /* Returns the sequence's blocks to the pool and frees the table. Safe on a zeroed struct. */
 void kv_seq_finish(struct kv_cache *kv, struct kv_seq *seq);
-/* Ensures blocks exist (and are not shared) for positions [n_pos, n_pos + n_new). All or nothing. */
+/* Ensures blocks exist (and are not shared) for positions [n_pos, n_pos + n_new). All or nothing.
+ */
 enum kv_status kv_seq_reserve(struct kv_cache *kv, struct kv_seq *seq, int32_t n_new);
 /* Makes dst (initialised, empty) share src's blocks and positions. */
 void kv_seq_fork(struct kv_cache *kv, struct kv_seq *dst, const struct kv_seq *src);
@@ -97,10 +98,10 @@ void kv_seq_truncate(struct kv_cache *kv, struct kv_seq *seq, int32_t n_pos);
 
 /* One sequence's part of a ragged batch. */
 struct model_batch_seq {
-    struct kv_seq *kv;      /* borrowed; K/V for the new positions are appended to it */
-    const int32_t *tokens;  /* (n_tokens,) new tokens at positions kv->n_pos .. */
+    struct kv_seq *kv;     /* borrowed; K/V for the new positions are appended to it */
+    const int32_t *tokens; /* (n_tokens,) new tokens at positions kv->n_pos .. */
     int32_t n_tokens;
-    int32_t n_logits;       /* logits wanted for the last n_logits of these rows (0..n_tokens) */
+    int32_t n_logits; /* logits wanted for the last n_logits of these rows (0..n_tokens) */
 };
 
 /* Scratch for one forward call of up to max_tokens rows and max_logits logit rows. */
