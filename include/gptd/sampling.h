@@ -25,8 +25,10 @@
  *      probability mass reaches top_p of their total.  6. min_p: drop p < min_p * p_max.
  *   7. draw: ONE uniform double from the sequence's RNG per sampler_sample() call, also for
  *      greedy (where it is discarded), so that the i-th token always uses the i-th draw.
- *   No step sorts the vocabulary: top-k and top-p use partial selection (quickselect-style
- *   partitions), min-p a threshold, the draw a linear scan.
+ *   No step sorts the vocabulary: top-k is a size-K heap, top-p a probability-mass histogram
+ *   plus a partial selection inside one bin, min-p a threshold, the draw a linear scan
+ *   (details in sampler.c). Tokens whose probability underflows to 0 (exp(-87) and below,
+ *   relative to the most likely) are never drawn and not counted as survivors.
  *
  * Logprobs describe the RAW model distribution (log-softmax of the logits as passed in, before
  * any step above), as OpenAI and vLLM report them.
