@@ -669,7 +669,7 @@ static int32_t draw_filtered(struct sampler *s, float max, double u, struct samp
         }
         total = sum_cands(c, n);
     } else {
-        total = sum_floats(w, v);
+        total = 0.0;
         /* top_p: a mass histogram over the whole row (see nucleus_hist) finds the crossing
          * bin first, so that only the crossing bin and those above it — a few thousand
          * tokens at most — are copied out; min_p keeps p >= min_p (p_max is 1). Dropping
@@ -684,6 +684,9 @@ static int32_t draw_filtered(struct sampler *s, float max, double u, struct samp
             memset(mass, 0, HIST_BINS * sizeof(*mass));
             for (int32_t i = 0; i < v; i++) {
                 mass[prob_bin(w[i])] += w[i];
+            }
+            for (int32_t b = 0; b < HIST_BINS; b++) { /* the total without another pass */
+                total += mass[b];
             }
             int32_t b_cross = find_cross_bin(mass, (double)p->top_p * total, &above);
             if (b_cross >= 0) {
