@@ -335,14 +335,14 @@ wait_idle() { # name: running sequences and used KV blocks back to 0 within 2 s
 }
 cancelled0=$(metric gptd_requests_cancelled_total)
 curl -sN "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-    -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8,"stream":true}' >"$tmp/cut" 2>/dev/null &
+    -d '{"prompt":"Hello","max_tokens":511,"ignore_eos":true,"n":16,"stream":true}' >"$tmp/cut" 2>/dev/null &
 cpid=$!
 wait_data "$tmp/cut"
 kill "$cpid"
 wait "$cpid" 2>/dev/null
 wait_idle "O04 disconnect mid-stream"
 curl -s "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-    -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8}' >/dev/null 2>&1 &
+    -d '{"prompt":"Hello","max_tokens":511,"ignore_eos":true,"n":16}' >/dev/null 2>&1 &
 cpid=$!
 for _ in $(seq 1 400); do
     [ "$(metric gptd_requests_running)" != 0 ] && break
@@ -406,7 +406,7 @@ PORT=$main_port
 curls=()
 for i in 1 2 3; do
     curl -sN "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-        -d '{"prompt":"Hello","max_tokens":400,"ignore_eos":true,"n":2,"stream":true}' >"$tmp/drain$i" 2>/dev/null &
+        -d '{"prompt":"Hello","max_tokens":511,"ignore_eos":true,"n":8,"stream":true}' >"$tmp/drain$i" 2>/dev/null &
     curls+=($!)
 done
 wait_data "$tmp/drain1" "$tmp/drain2" "$tmp/drain3"
@@ -463,8 +463,48 @@ for f in $(grep -l '^HTTP/1.1 200' "$tmp"/ov_hdr*); do
     sse_check "${f/ov_hdr/ov}" && ok
 done
 healthy "overload"
+
 kill -TERM "$overload_pid"
 wait "$overload_pid"
+
+# ---- O05: clients that leave while queued are dropped from the queue -----------------------
+# 2 running slots and 60 long requests ahead keep the two test requests queued (FIFO) for
+# seconds; both (one streaming, one not) are cancelled within 2 s of their clients leaving.
+start queue --max-batch 2 --max-queue 64
+queue_pid=$PID
+busy=()
+for i in $(seq 1 60); do
+    curl -sN "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+        -d '{"prompt":"Hello","max_tokens":511,"ignore_eos":true,"stream":true}' >/dev/null 2>&1 &
+    busy+=($!)
+done
+for _ in $(seq 1 200); do
+    [ "$(metric gptd_requests_waiting)" -ge 30 ] 2>/dev/null && break
+    sleep 0.02
+done
+cancelled0=$(metric gptd_requests_cancelled_total)
+curl -sN "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt":"Hello","max_tokens":8,"stream":true}' >"$tmp/queued1" 2>/dev/null &
+q1=$!
+curl -s "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt":"Hello","max_tokens":8}' >/dev/null 2>&1 &
+q2=$!
+sleep 0.3
+kill "$q1" "$q2"
+wait "$q1" "$q2" 2>/dev/null
+for _ in $(seq 1 40); do
+    [ "$(metric gptd_requests_cancelled_total)" -ge $((cancelled0 + 2)) ] 2>/dev/null && break
+    sleep 0.05
+done
+[ "$(metric gptd_requests_cancelled_total)" -ge $((cancelled0 + 2)) ] 2>/dev/null && ok ||
+    bad "O05: queued requests of gone clients not cancelled within 2 s ($cancelled0 -> $(metric gptd_requests_cancelled_total))"
+grep -q '^data: {' "$tmp/queued1" && bad "O05: the queued stream produced tokens"
+kill "${busy[@]}" 2>/dev/null
+wait "${busy[@]}" 2>/dev/null
+wait_idle "O05 all clients gone"
+[ "$(metric gptd_requests_waiting)" = 0 ] && ok || bad "O05: $(metric gptd_requests_waiting) still waiting"
+kill -TERM "$queue_pid"
+wait "$queue_pid"
 
 # ---- SIGTERM past --drain-timeout (O09): error event shutting_down, [DONE], exit 0 --------
 start drain --drain-timeout 1
@@ -472,7 +512,7 @@ drain_pid=$PID
 curls=()
 for i in 1 2; do
     curl -sN "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
-        -d '{"prompt":"Hello","max_tokens":500,"ignore_eos":true,"n":8,"stream":true}' >"$tmp/cut$i" 2>/dev/null &
+        -d '{"prompt":"Hello","max_tokens":511,"ignore_eos":true,"n":16,"stream":true}' >"$tmp/cut$i" 2>/dev/null &
     curls+=($!)
 done
 wait_data "$tmp/cut1" "$tmp/cut2"
