@@ -690,6 +690,17 @@ START_TEST(test_forward_refuses_bad_batches) {
     b.n_tokens = 2;
     ck_assert_int_eq(model_forward(g_model, kv, scratch, &b, 1, logits), -1);
     toks[0] = 1;
+    /* The same sequence twice in one batch. */
+    struct model_batch_seq twice[2] = {b, b};
+    twice[0].n_tokens = twice[1].n_tokens = 1;
+    twice[0].n_logits = twice[1].n_logits = 0; /* within the scratch: only the duplicate is wrong */
+    ck_assert_int_eq(model_forward(g_model, kv, scratch, twice, 2, logits), -1);
+    twice[1].n_tokens = 0; /* the same batch without the duplicate row is fine... */
+    twice[1].kv = NULL;
+    ck_assert_int_eq(model_forward(g_model, kv, scratch, twice, 1, logits), 0);
+    kv_seq_truncate(kv, &seq, 0); /* ...and is undone for the checks below */
+    ck_assert_int_eq(seq.n_pos, 0);
+    ck_assert_int_eq(kv_seq_reserve(kv, &seq, 16), KV_OK);
     /* n_logits > n_tokens. */
     b.n_logits = 3;
     ck_assert_int_eq(model_forward(g_model, kv, scratch, &b, 1, logits), -1);

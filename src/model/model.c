@@ -805,6 +805,12 @@ static int batch_is_valid(const struct model *model, const struct kv_cache *kv,
                 return 0;
             }
         }
+        /* A sequence twice in one batch would write the same positions twice. */
+        for (int32_t j = 0; j < i; j++) {
+            if (seqs[j].kv == b->kv) {
+                return 0;
+            }
+        }
         rows += b->n_tokens;
         logits += b->n_logits;
     }
