@@ -380,6 +380,79 @@ START_TEST(test_response_json_string_escapes_controls_and_replaces_bad_bytes) {
 }
 END_TEST
 
+START_TEST(test_response_stream_echo_sends_the_prompt_first) {
+    struct completion_builder *b = make(1, 1, 1, 0, true, true, false);
+    int32_t ids[] = {0, 1};
+    completion_builder_set_prompt(b, 0, "Hello", 5, ids, 2);
+    struct sbuf sse;
+    sbuf_init(&sse);
+    struct engine_event ev = token_ev(0, 5, "!", -0.5f);
+    completion_builder_event(b, 0, &ev, &sse);
+    ev = finish_ev(0, ENGINE_FINISH_LENGTH, "", -1, 1, -0.5);
+    completion_builder_event(b, 0, &ev, &sse);
+    completion_builder_stream_end(b, &sse);
+    char *payloads[8];
+    int n = sse_payloads(sse.data, payloads, 8);
+    ck_assert_int_eq(n, 4); /* echo, token, finish, [DONE] */
+    cJSON *j = cJSON_Parse(payloads[0]);
+    const cJSON *c = cJSON_GetArrayItem(get(j, "choices"), 0);
+    ck_assert_str_eq(get(c, "text")->valuestring, "Hello");
+    const cJSON *lp = get(c, "logprobs");
+    ck_assert_int_eq(cJSON_GetArraySize(get(lp, "tokens")), 1); /* only token 0 without events */
+    ck_assert(cJSON_IsNull(cJSON_GetArrayItem(get(lp, "token_logprobs"), 0)));
+    cJSON_Delete(j);
+    j = cJSON_Parse(payloads[1]);
+    c = cJSON_GetArrayItem(get(j, "choices"), 0);
+    ck_assert_str_eq(get(c, "text")->valuestring, "!");
+    /* text_offset counts the echoed prompt */
+    ck_assert_int_eq(cJSON_GetArrayItem(get(get(c, "logprobs"), "text_offset"), 0)->valueint, 5);
+    cJSON_Delete(j);
+    sbuf_finish(&sse);
+    completion_builder_destroy(b);
+}
+END_TEST
+
+START_TEST(test_response_candidates_extension_lists_survivors_per_token) {
+    struct completion_meta meta;
+    completion_meta_init(&meta, "m", "fp");
+    struct completion_builder_config cfg = {.n_prompts = 1,
+                                            .n = 1,
+                                            .best_of = 1,
+                                            .logprobs = -1,
+                                            .candidates = 2,
+                                            .eos_id = 6,
+                                            .token_text = fake_token_text};
+    struct completion_builder *b = completion_builder_create(&meta, &cfg);
+    int32_t ids[] = {0};
+    completion_builder_set_prompt(b, 0, "Hel", 3, ids, 1);
+    struct engine_event ev = token_ev(0, 1, "lo", -0.5f);
+    ev.n_survivors = 7;
+    ev.n_candidates = 2;
+    ev.candidates[0].id = 1;
+    ev.candidates[0].prob = 0.75f;
+    ev.candidates[1].id = 2;
+    ev.candidates[1].prob = 0.25f;
+    completion_builder_event(b, 0, &ev, NULL);
+    ev = finish_ev(0, ENGINE_FINISH_LENGTH, "", -1, 1, -0.5);
+    completion_builder_event(b, 0, &ev, NULL);
+    struct sbuf out;
+    sbuf_init(&out);
+    completion_builder_body(b, &out);
+    cJSON *j = parse_body(&out);
+    const cJSON *cands = get(cJSON_GetArrayItem(get(j, "choices"), 0), "candidates");
+    ck_assert_int_eq(cJSON_GetArraySize(cands), 1);
+    const cJSON *c0 = cJSON_GetArrayItem(cands, 0);
+    ck_assert_int_eq(get(c0, "n_survivors")->valueint, 7);
+    const cJSON *list = get(c0, "candidates");
+    ck_assert_int_eq(cJSON_GetArraySize(list), 2);
+    ck_assert_str_eq(get(cJSON_GetArrayItem(list, 1), "token")->valuestring, " world");
+    ck_assert_double_eq_tol(get(cJSON_GetArrayItem(list, 0), "prob")->valuedouble, 0.75, 1e-6);
+    cJSON_Delete(j);
+    sbuf_finish(&out);
+    completion_builder_destroy(b);
+}
+END_TEST
+
 START_TEST(test_response_rejects_events_out_of_range) {
     struct completion_builder *b = make(1, 1, 1, -1, false, false, false);
     struct engine_event ev = token_ev(3, 1, "x", 0);
@@ -401,6 +474,8 @@ int main(void) {
     tcase_add_test(tc, test_response_best_of_keeps_highest_mean_logprob);
     tcase_add_test(tc, test_response_output_is_valid_utf8_whatever_the_token_bytes);
     tcase_add_test(tc, test_response_json_string_escapes_controls_and_replaces_bad_bytes);
+    tcase_add_test(tc, test_response_stream_echo_sends_the_prompt_first);
+    tcase_add_test(tc, test_response_candidates_extension_lists_survivors_per_token);
     tcase_add_test(tc, test_response_rejects_events_out_of_range);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
