@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     build-essential meson ninja-build pkg-config git
     libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev libcurl4-openssl-dev check
+    clang libclang-rt-14-dev
     valgrind clang-format curl jq wrk apache2-utils
 )
 
@@ -100,6 +101,15 @@ test)
     build build-tsan -Dbuildtype=debug -Db_sanitize=thread -Db_lundef=false
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         run_suite tsan build-tsan --suite engine
+    # A short libFuzzer pass over every harness (the corpus replays in every build above).
+    if command -v clang >/dev/null; then
+        log "fuzz: ${GPTD_FUZZ_SECONDS:-60} s per harness"
+        if bash fuzz/run.sh "${GPTD_FUZZ_SECONDS:-60}"; then
+            passed=$((passed + 1))
+        else
+            failed=$((failed + 1))
+        fi
+    fi
     [ $fmt_ok -eq 1 ] || { log "clang-format would change files"; failed=$((failed + 1)); }
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
