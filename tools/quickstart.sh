@@ -85,7 +85,7 @@ test)
     log "format check"
     fmt_ok=1
     files=$(git ls-files -co --exclude-standard -- 'src/*.[ch]' 'include/*.h' 'tests/*.[ch]' \
-        'bench/*.[ch]' 'tools/*.[ch]' | while read -r f; do [ -f "$f" ] && echo "$f"; done)
+        'bench/*.[ch]' 'tools/*.[ch]' 'fuzz/*.[ch]' | while read -r f; do [ -f "$f" ] && echo "$f"; done)
     if [ -n "$files" ] && ! clang-format --dry-run -Werror $files; then
         fmt_ok=0
     fi
