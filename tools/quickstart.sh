@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     build-essential meson ninja-build pkg-config git
     libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev libcurl4-openssl-dev check
-    clang libclang-rt-14-dev
+    clang libclang-rt-14-dev python3
     valgrind clang-format curl jq wrk apache2-utils
 )
 
@@ -94,12 +94,12 @@ test)
     # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer (debug build).
     build build-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
     ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        run_suite asan+ubsan build-asan
+        GPTD_SANITIZER=asan GPTD_SOAK_SECONDS=30 run_suite asan+ubsan build-asan
     # Unit suites under valgrind memcheck.
     run_suite valgrind build --setup valgrind --suite unit
     # The threaded code (engine thread, request channels) under ThreadSanitizer.
     build build-tsan -Dbuildtype=debug -Db_sanitize=thread -Db_lundef=false
-    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    CK_FORK=no TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         run_suite tsan build-tsan --suite engine
     # A short libFuzzer pass over every harness (the corpus replays in every build above).
     if command -v clang >/dev/null; then
