@@ -6,7 +6,11 @@
  * the repository. A fixed seed gives the same bytes on every run.
  *
  * Usage: make-random-gpt2 OUT_DIR [--layers L] [--embd C] [--heads NH] [--ctx T] [--vocab V]
- *                        [--seed S]
+ *                        [--seed S] [--byte-tokenizer]
+ * --byte-tokenizer also writes a tokenizer.json of its own: GPT-2's byte-level BPE with the 256
+ * byte tokens (id = byte value), no merges, and <|endoftext|> as id 256 (the vocabulary becomes
+ * 257). That makes a self-contained model directory, which is what the server serves by default
+ * until a trained model is bundled.
  * Stand-alone tool (single thread); it does not link libgptd.
  */
 #include <errno.h>
@@ -86,6 +90,31 @@ static int build_tensors(const struct shape *s, struct tensor *t) {
     return n;
 }
 
+/* Writes dir/tokenizer.json: 256 byte tokens in GPT-2's byte-to-unicode spelling (printable
+ * Latin-1 bytes stand for themselves, the others for U+0100 onwards, in byte order), no merges,
+ * and <|endoftext|> as the special token 256. */
+static int write_byte_tokenizer(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL) {
+        fprintf(stderr, "make-random-gpt2: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":256,\"content\":\"<|endoftext|>\","
+               "\"special\":true}],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\","
+               "\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true},"
+               "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{");
+    int n_shifted = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        int code = printable ? b : 256 + n_shifted++;
+        fprintf(f, "%s\"\\u%04x\":%d", b > 0 ? "," : "", code, b);
+    }
+    fprintf(f, ",\"<|endoftext|>\":256},\"merges\":[]}}\n");
+    return fclose(f) == 0 ? 0 : -1;
+}
+
 static int parse_flag(int argc, char **argv, int *i, const char *flag, int32_t *out) {
     if (strcmp(argv[*i], flag) != 0) {
         return 0;
@@ -102,7 +131,12 @@ int main(int argc, char **argv) {
     struct shape s = {12, 768, 12, 1024, 50257};
     int32_t seed = 1234;
     const char *dir = NULL;
+    int has_byte_tokenizer = 0;
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--byte-tokenizer") == 0) {
+            has_byte_tokenizer = 1;
+            continue;
+        }
         if (parse_flag(argc, argv, &i, "--layers", &s.n_layer) ||
             parse_flag(argc, argv, &i, "--embd", &s.n_embd) ||
             parse_flag(argc, argv, &i, "--heads", &s.n_head) ||
@@ -113,7 +147,7 @@ int main(int argc, char **argv) {
         }
         if (argv[i][0] == '-' || dir != NULL) {
             fprintf(stderr, "usage: make-random-gpt2 OUT_DIR [--layers L] [--embd C] [--heads NH] "
-                            "[--ctx T] [--vocab V] [--seed S]\n");
+                            "[--ctx T] [--vocab V] [--seed S] [--byte-tokenizer]\n");
             return 2;
         }
         dir = argv[i];
@@ -126,6 +160,12 @@ int main(int argc, char **argv) {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "make-random-gpt2: %s: %s\n", dir, strerror(errno));
         return 1;
+    }
+    if (has_byte_tokenizer) {
+        s.n_vocab = 257;
+        if (write_byte_tokenizer(dir) != 0) {
+            return 1;
+        }
     }
     g_rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)(uint32_t)seed;
 

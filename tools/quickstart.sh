@@ -3,7 +3,7 @@
 # build steps. Installs missing Debian packages, configures and builds, then either runs the main
 # job or the whole test suite. Idempotent: with nothing changed it only checks and exits quickly.
 #
-#   tools/quickstart.sh run    build, then run the main job
+#   tools/quickstart.sh run    build, then run the main job (gptd serve; extra args go to it)
 #   tools/quickstart.sh test   build, then run every test suite; ends with "N passed, N failed"
 #   tools/quickstart.sh deps   only install the packages
 set -euo pipefail
@@ -78,7 +78,8 @@ deps)
 run)
     install_deps
     build build
-    exec build/gptd --help
+    # The main job: the server on 127.0.0.1:8080 with the default model (see README).
+    exec build/gptd serve "${@:2}"
     ;;
 test)
     install_deps

@@ -8,6 +8,13 @@
 
 #define CLI_EXIT_USAGE 2
 
+/* The model `gptd serve` and `gptd generate` use without -m: set by meson.build to the random
+ * default model that tools/meson.build writes at build time (a trained model, once bundled,
+ * takes its place). */
+#ifndef GPTD_DEFAULT_MODEL_DIR
+#define GPTD_DEFAULT_MODEL_DIR "models/default"
+#endif
+
 int cmd_version(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

@@ -109,11 +109,10 @@ int cmd_serve(int argc, char **argv) {
     }
     log_set_level(level);
     if (o.model_dir[0] == '\0') {
-        /* TODO(default-model): serve the bundled model once it exists (a later issue). */
-        fprintf(stderr, "gptd serve: no model: pass -m MODEL_DIR (or GPTD_MODEL)\n");
-        server_options_print_usage(stderr);
-        server_options_finish(&o);
-        return CLI_EXIT_USAGE;
+        snprintf(o.model_dir, sizeof(o.model_dir), "%s", GPTD_DEFAULT_MODEL_DIR);
+        log_info("no -m given: serving the default model %s (random weights and a byte-level "
+                 "tokenizer until a trained model is bundled: expect gibberish)",
+                 o.model_dir);
     }
     if (o.server.served_model_name[0] == '\0') {
         const char *base = o.model_dir;
