@@ -89,6 +89,10 @@ static const struct parse_case cases[] = {
     BAD("F13 top_p 0", "{\"prompt\":\"hi\",\"top_p\":0}", "invalid_value", "top_p"),
     BAD("F13 top_p 1.5", "{\"prompt\":\"hi\",\"top_p\":1.5}", "invalid_value", "top_p"),
     BAD("F13 top_p -1", "{\"prompt\":\"hi\",\"top_p\":-1}", "invalid_value", "top_p"),
+    /* In range as doubles, out of range once stored as floats. */
+    BAD("top_p 1e-50 rounds to 0", "{\"prompt\":\"hi\",\"top_p\":1e-50}", "invalid_value", "top_p"),
+    BAD("min_p 0.99999999999 rounds to 1", "{\"prompt\":\"hi\",\"min_p\":0.99999999999}",
+        "invalid_value", "min_p"),
     BAD("F13 top_k -5", "{\"prompt\":\"hi\",\"top_k\":-5}", "invalid_value", "top_k"),
     BAD("F13 top_k 2.5", "{\"prompt\":\"hi\",\"top_k\":2.5}", "invalid_type", "top_k"),
     OK("top_k -1 is off", "{\"prompt\":\"hi\",\"top_k\":-1}"),

@@ -719,6 +719,17 @@ int request_parse_completion(const char *body, size_t len, const struct request_
      * prompt last also means most bad requests are refused before copying a large prompt. */
     int rc = parse_fields(root, lim, served_model, out, err);
     if (rc == 0) {
+        /* The checks above run on doubles; the sampler keeps floats, and rounding can move a
+         * value out of range (top_p 1e-50 becomes 0). The sampler's own validation on the
+         * stored values catches that here, as a 400, not later as an engine error. */
+        const char *param = NULL;
+        char msg[200];
+        if (sampling_params_validate(&out->sampling, lim->n_vocab > 0 ? lim->n_vocab : INT32_MAX,
+                                     &param, msg, sizeof(msg)) != 0) {
+            rc = api_error_set(err, 400, invalid_request, "invalid_value", param, "%s", msg);
+        }
+    }
+    if (rc == 0) {
         rc = parse_prompt(root, lim, out, err);
     }
     cJSON_Delete(root);
