@@ -59,6 +59,7 @@ struct outcome {
     enum engine_finish_reason finish[MAX_IDX];
     double sum_logprob[MAX_IDX];
     int32_t n_finished;
+    int32_t n_admitted;
     bool has_error;
     enum engine_status error;
     int32_t n_events_after_cancel;
@@ -119,6 +120,9 @@ static void drain_events(struct job *job) {
                 o->error = ev[i].error;
                 break;
             case ENGINE_EVENT_PROMPT_TOKEN:
+                break;
+            case ENGINE_EVENT_ADMITTED:
+                o->n_admitted++;
                 break;
             }
         }
@@ -241,6 +245,7 @@ START_TEST(test_engine_concurrent_requests_match_alone) {
     for (int i = 0; i < N_MIXED; i++) {
         ck_assert(!together[i].out.has_error);
         ck_assert_int_eq(together[i].out.n_tokens[0], together[i].params.sampling.max_tokens);
+        ck_assert_int_eq(together[i].out.n_admitted, 1);
         assert_same_outcome(&alone[i].out, &together[i].out, 1);
     }
     release_all(together, N_MIXED);
@@ -327,6 +332,7 @@ START_TEST(test_engine_cancel_frees_everything) {
     ck_assert_int_eq(victim.out.finish[0], ENGINE_FINISH_CANCELLED);
     if (state == 0) {
         ck_assert_int_eq(victim.out.n_tokens[0], 0);
+        ck_assert_int_eq(victim.out.n_admitted, 0); /* never left the queue */
     } else if (state == 2) {
         ck_assert_int_lt(victim.out.n_tokens[0], 200);
     }

@@ -65,6 +65,8 @@ enum engine_event_type {
     ENGINE_EVENT_TOKEN = 1,        /* a generated token, with its text delta */
     ENGINE_EVENT_FINISH = 2,       /* one choice has finished */
     ENGINE_EVENT_ERROR = 3,        /* the whole request failed; no more events follow */
+    ENGINE_EVENT_ADMITTED = 4,     /* the request left the queue and started running (once);
+                                      a server sends a stream's 200 + headers only then */
 };
 
 enum engine_finish_reason {

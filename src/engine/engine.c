@@ -501,6 +501,11 @@ static void plan_step(struct engine *e, struct step_plan *plan) {
             req->t_admit_us = now;
             hist_observe(&e->h_queue, engine_hist_seconds_bounds,
                          (double)(now - req->t_submit_us) / 1e6);
+            struct engine_event ev;
+            event_init(&ev, ENGINE_EVENT_ADMITTED, 0);
+            request_lock(req);
+            push_locked(req, &ev);
+            request_unlock_notify(req);
         }
         req->is_admitted = true;
         req->admit_order = ++e->admit_counter;

@@ -144,6 +144,8 @@ struct conn {
     struct engine_request *ereqs[64]; /* one per prompt */
     int n_ereqs;
     bool is_stream;
+    bool is_stream_started; /* the 200 + SSE headers went out (after every request's admission) */
+    int n_admitted;         /* engine requests that have left the queue */
     bool counted_inflight;
     bool has_error;
     struct api_error error;
@@ -318,7 +320,7 @@ static void *ticker_main(void *arg) {
                 if (socket_closed(x->fd)) {
                     x->gone = true;
                     wake = true;
-                } else if (x->is_stream &&
+                } else if (x->is_stream_started &&
                            now - x->t_suspended_us >= (int64_t)s->cfg.ping_interval_ms * 1000) {
                     x->ping_due = true;
                     wake = true;
@@ -652,6 +654,10 @@ static bool take_events(struct conn *x) {
             }
             for (size_t k = 0; k < n && !x->has_error; k++) {
                 const struct engine_event *ev = &evs[k];
+                if (ev->type == ENGINE_EVENT_ADMITTED) {
+                    x->n_admitted++;
+                    continue;
+                }
                 if (ev->type == ENGINE_EVENT_ERROR) {
                     response_engine_error(&x->error, ev->error, false, ev->error_message);
                     x->has_error = true;
@@ -688,7 +694,10 @@ static bool take_events(struct conn *x) {
     return any;
 }
 
-/* Non-streamed: called on the final access call and after every resume. */
+static enum MHD_Result stream_start_response(struct conn *x);
+
+/* Waits (suspended) for a non-streamed completion to finish, or for a stream's admission;
+ * called on the final access call and after every resume until a response is queued. */
 static enum MHD_Result completion_step(struct conn *x) {
     for (;;) {
         clear_news(x);
@@ -700,6 +709,9 @@ static enum MHD_Result completion_step(struct conn *x) {
         if (x->has_error) {
             mark_not_inflight(x);
             return respond_error(x, &x->error);
+        }
+        if (x->is_stream && x->n_admitted == x->n_ereqs) {
+            return stream_start_response(x);
         }
         if (completion_builder_is_done(x->builder)) {
             mark_not_inflight(x);
@@ -719,6 +731,28 @@ static enum MHD_Result completion_step(struct conn *x) {
             return MHD_YES;
         }
     }
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max);
+static void stream_free(void *cls);
+
+/* Every engine request has left the queue: only now do the 200 and the SSE headers go out
+ * (reliability.md section 0), so a request refused while queued (queue timeout, shutdown) still
+ * gets a real status. Events that came with the admission wait in x->out. */
+static enum MHD_Result stream_start_response(struct conn *x) {
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                               stream_reader, x, stream_free);
+    if (r == NULL) {
+        return MHD_NO;
+    }
+    atomic_fetch_add(&x->refs, 1); /* the response's reference, dropped by stream_free */
+    MHD_add_response_header(r, "Content-Type", "text/event-stream; charset=utf-8");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    pthread_mutex_lock(&x->mu);
+    x->is_stream_started = true;
+    pthread_mutex_unlock(&x->mu);
+    return queue(x, 200, r);
 }
 
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -896,20 +930,7 @@ static enum MHD_Result handle_completion(struct conn *x) {
     }
     x->counted_inflight = true;
     atomic_fetch_add(&s->n_inflight, 1);
-    if (!x->is_stream) {
-        return completion_step(x);
-    }
-    /* Admitted: only now do the 200 and the SSE headers go out (reliability.md section 0). */
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
-                                                               stream_reader, x, stream_free);
-    if (r == NULL) {
-        return MHD_NO;
-    }
-    atomic_fetch_add(&x->refs, 1); /* the response's reference, dropped by stream_free */
-    MHD_add_response_header(r, "Content-Type", "text/event-stream; charset=utf-8");
-    MHD_add_response_header(r, "Cache-Control", "no-cache");
-    MHD_add_response_header(r, "X-Accel-Buffering", "no");
-    return queue(x, 200, r);
+    return completion_step(x);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1106,7 +1127,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         return MHD_YES;
     }
     if (x->builder != NULL) {
-        return completion_step(x); /* resumed while waiting for a non-streamed completion */
+        return completion_step(x); /* resumed while waiting (a completion, or an admission) */
     }
     if (x->body_too_large) {
         return respond_errorf(x, 413, "invalid_request_error", "body_too_large",

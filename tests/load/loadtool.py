@@ -311,6 +311,38 @@ def scenario_overload(args):
             1000 * max(r[1] for r in rejected), 1000 * max(h[1] for h in health)))
     finally:
         check(srv.stop() == 0, "server exit code not 0")
+    # A queued stream gets its 200 and SSE headers only once admitted (so that a queue timeout
+    # can still be a real 503): with one running sequence, the second stream's headers cannot
+    # arrive before the first stream has finished.
+    srv = Server(args.gptd, args.model, "--max-batch", "1")
+    try:
+        times = {}
+
+        def timed(name, max_tokens):
+            s = Stream(srv.port, completion_body(max_tokens=max_tokens))
+            status = s.read_head()
+            times[name + "_head"] = time.time()
+            for data in s.events():
+                pass
+            times[name + "_end"] = time.time()
+            s.close()
+            times[name + "_status"] = status
+
+        first = threading.Thread(target=timed, args=("first", 300))
+        first.start()
+        time.sleep(0.05)
+        second = threading.Thread(target=timed, args=("second", 8))
+        second.start()
+        first.join()
+        second.join()
+        check(times["first_status"] == 200 and times["second_status"] == 200, "statuses")
+        check(times["second_head"] >= times["first_end"] - 0.05,
+              "the queued stream's headers came %.3f s before the running one ended" % (
+                  times["first_end"] - times["second_head"]))
+        print("admission: the queued stream's headers came %.0f ms after the running one ended" %
+              (1000 * (times["second_head"] - times["first_end"])))
+    finally:
+        check(srv.stop() == 0, "server exit code not 0")
 
 
 def scenario_storm(args):
