@@ -16,7 +16,7 @@ PACKAGES=(
     build-essential meson ninja-build pkg-config git
     libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev libcurl4-openssl-dev check
     clang libclang-rt-14-dev python3
-    valgrind clang-format curl jq wrk apache2-utils
+    valgrind clang-format curl jq wrk apache2-utils nginx
 )
 
 log() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }
