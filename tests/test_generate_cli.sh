@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_generate_cli.sh: `gptd generate` end to end on the tiny golden model: --prompt-ids greedy
 # output equals transformers' 48 greedy tokens for all 7 prompts; -p TEXT gives the same ids as
-# the golden prompt ids; the JSON shape (logprobs, finish_reason); usage errors exit 2.
+# the golden prompt ids; the JSON shape (logprobs, finish_reason); usage errors exit 2;
+# without -m the default model answers.
 # Usage: test_generate_cli.sh path/to/gptd   (GPTD_SHARED_DIR from meson)
 set -u
 gptd="$1"
@@ -52,7 +53,15 @@ expect_exit() { # name, code, args...
     local got=$?
     if [ "$got" != "$want" ]; then echo "FAIL $name: exit $got, want $want"; cat "$tmp/err"; fail=1; else echo "ok   $name"; fi
 }
-expect_exit no-model 2 -p hi
+expect_exit no-prompt 2 -m "$model"
+# Without -m the default model (built into build/tools/default-model, byte-level vocabulary) runs.
+if "$gptd" generate -p hi -n 2 --json >"$tmp/d.json" 2>"$tmp/err" &&
+    [ "$(jq -c '.prompt_ids' "$tmp/d.json")" = "[104,105]" ] &&
+    [ "$(jq '.ids | length' "$tmp/d.json")" = "2" ]; then
+    echo "ok   no -m: default model"
+else
+    echo "FAIL no -m: default model"; cat "$tmp/err" "$tmp/d.json"; fail=1
+fi
 expect_exit both-prompts 2 -m "$model" -p hi --prompt-ids 1
 expect_exit bad-ids 2 -m "$model" --prompt-ids 1,,2
 expect_exit bad-n 2 -m "$model" --prompt-ids 1 -n x
