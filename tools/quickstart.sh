@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     build-essential meson ninja-build pkg-config git
     libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev libcurl4-openssl-dev check
-    clang libclang-rt-14-dev python3
+    clang libclang-rt-14-dev python3 python3-numpy python3-torch python3-regex bible-kjv
     valgrind clang-format curl jq wrk apache2-utils nginx
 )
 

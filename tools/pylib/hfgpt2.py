@@ -11,6 +11,7 @@ Hugging Face GPT-2 layout (Conv1D weights stored [in, out]).
 - bytes_to_unicode(): GPT-2's reversible map from bytes to printable characters.
 - write_tokenizer_json(path, vocab, merges, eos): a byte-level BPE tokenizer.json.
 - copy_gpt2_tokenizer(src_dir, dst_dir): copies the GPT-2 tokenizer files of a model directory.
+- tokenizer_size(model_dir): how many token ids those files define.
 """
 
 import json
@@ -126,14 +127,16 @@ def byte_token_order():
 
 def write_tokenizer_json(path, vocab, merges, eos_token="<|endoftext|>"):
     """vocab: {token string (byte-level characters): id}; merges: [(left, right)] by rank. The
-    end-of-text token must be in vocab; it is written as a special added token."""
+    end-of-text token, unless None, must be in vocab; it is written as a special added token."""
+    added = []
+    if eos_token is not None:
+        added.append({"id": vocab[eos_token], "content": eos_token, "single_word": False,
+                      "lstrip": False, "rstrip": False, "normalized": True, "special": True})
     tok = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [{"id": vocab[eos_token], "content": eos_token, "single_word": False,
-                          "lstrip": False, "rstrip": False, "normalized": True,
-                          "special": True}],
+        "added_tokens": added,
         "normalizer": None,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                           "use_regex": True},
@@ -150,6 +153,19 @@ def write_tokenizer_json(path, vocab, merges, eos_token="<|endoftext|>"):
 
 
 GPT2_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+
+
+def tokenizer_size(model_dir):
+    """The number of token ids the tokenizer files of model_dir define (largest id + 1)."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            tj = json.load(f)
+        ids = list(tj["model"]["vocab"].values()) + [t["id"] for t in tj.get("added_tokens", [])]
+    else:
+        with open(os.path.join(model_dir, "vocab.json"), encoding="utf-8") as f:
+            ids = list(json.load(f).values())
+    return max(ids) + 1
 
 
 def copy_gpt2_tokenizer(src_dir, dst_dir):
