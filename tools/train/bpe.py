@@ -9,7 +9,8 @@ makes training deterministic.
 
 The result is a vocabulary in GPT-2's own id order (the 256 bytes first, then merges by rank,
 then <|endoftext|>) and merges by rank: written as tokenizer.json it encodes exactly like
-Hugging Face tokenizers would with the same files, which the trainer checks against gptd.
+Hugging Face tokenizers would with the same files; tests/test_bundled_model.sh checks that
+gptd encodes the whole corpus to the same ids as Encoder below.
 """
 
 import collections

@@ -10,7 +10,8 @@
    GELU, tied embeddings), trained with AdamW (weight decay on matrices only), linear warm-up and
    cosine decay, gradient clipping at 1.0, on random windows of the training tokens.
 4. The export: config.json, model.safetensors (float16 when --fp16, to stay under 16 MB) and
-   tokenizer.json, plus train-log.json with the losses.
+   tokenizer.json, plus train-log.json with the losses and expected.json (reference.py: PyTorch's
+   greedy continuations of fixed prompts with the exported weights, which the test holds gptd to).
 
 Everything is seeded: the same command on the same PyTorch gives the same model. Training is
 not part of CI (it takes about an hour on two cores); tests/test_bundled_model.sh checks the
@@ -228,6 +229,8 @@ def main():
     log["total_seconds"] = time.time() - t_start
     log["torch"] = torch.__version__
     hfgpt2.write_json(os.path.join(args.out, "train-log.json"), log)
+    import reference  # PyTorch's greedy continuations of the exported weights, for the test
+    reference.expected(args.out, os.path.join(args.out, "expected.json"))
     print("done in %.0f s" % log["total_seconds"], flush=True)
 
 
