@@ -6,24 +6,31 @@
 #   tools/quickstart.sh run    build, then run the main job (gptd serve; extra args go to it)
 #   tools/quickstart.sh test   build, then run every test suite; ends with "N passed, N failed"
 #   tools/quickstart.sh deps   only install the packages
+#   tools/quickstart.sh build [DIR [meson options]]   install the build packages, build DIR
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-# Everything gptd needs to build and test, as Debian 12 package names. Keep in step with
-# meson.build's dependency() calls and with docker/Dockerfile's runtime stage.
-PACKAGES=(
+# Everything gptd needs, as Debian 12 package names. Keep in step with meson.build's
+# dependency() calls and with docker/Dockerfile's runtime stage.
+# What building and running gptd needs (also the container image's build stage) ...
+BUILD_PACKAGES=(
     build-essential meson ninja-build pkg-config git
     libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev libcurl4-openssl-dev check
+)
+# ... and what the test command adds: sanitizer runtimes and fuzzing (clang), the tools' tests
+# (numpy; PyTorch as the nanoGPT reference; the regex module and the King James Bible for the
+# bundled model's tokenizer), valgrind, the format check and the HTTP, load and deploy tests.
+TEST_PACKAGES=(
     clang libclang-rt-14-dev python3 python3-numpy python3-torch python3-regex bible-kjv
     valgrind clang-format curl jq wrk apache2-utils nginx
 )
 
 log() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }
 
-install_deps() {
+install_deps() { # packages...
     local missing=()
-    for p in "${PACKAGES[@]}"; do
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
@@ -73,16 +80,21 @@ run_suite() { # name, build dir, meson test args...
 cmd="${1:-}"
 case "$cmd" in
 deps)
-    install_deps
+    install_deps "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    ;;
+build)
+    # build [DIR [meson options...]]: what the Dockerfile runs (default DIR build).
+    install_deps "${BUILD_PACKAGES[@]}"
+    build "${2:-build}" "${@:3}"
     ;;
 run)
-    install_deps
+    install_deps "${BUILD_PACKAGES[@]}"
     build build
     # The main job: the server on 127.0.0.1:8080 with the default model (see README).
     exec build/gptd serve "${@:2}"
     ;;
 test)
-    install_deps
+    install_deps "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     log "format check"
     fmt_ok=1
     files=$(git ls-files -co --exclude-standard -- 'src/*.[ch]' 'include/*.h' 'tests/*.[ch]' \
@@ -116,7 +128,7 @@ test)
     [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
     ;;
 *)
-    echo "usage: tools/quickstart.sh run|test|deps" >&2
+    echo "usage: tools/quickstart.sh run|test|deps|build [DIR [meson options]]" >&2
     exit 2
     ;;
 esac
