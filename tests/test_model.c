@@ -715,6 +715,28 @@ START_TEST(test_forward_refuses_bad_batches) {
 }
 END_TEST
 
+/* model_set_threads after a model is loaded (what `gptd serve --threads N` does) replaces the
+ * process-wide pool: the loaded model must run on the new pool and still match golden. A model
+ * that kept a pointer to the old pool ran on freed memory and produced constant logits. */
+START_TEST(test_set_threads_after_load_keeps_logits) {
+    const struct golden_prompt *g = &g_prompts[0];
+    float *want = read_f32(g->last_logits_file, (size_t)g_vocab);
+    float *got = malloc((size_t)g_vocab * sizeof(float));
+    int32_t id;
+    for (int n = 1; n <= 3; n++) {
+        model_set_threads(n);
+        run_alone(g_model, g->ids, g->n_ids, 1, got, &id);
+        float diff = max_abs_diff(got, want, (size_t)g_vocab);
+        ck_assert_msg(diff <= 1e-4f, "%d threads set after load: max |logit - golden| = %g", n,
+                      (double)diff);
+        ck_assert_int_eq(id, g->greedy[0]);
+    }
+    model_set_threads(0);
+    free(got);
+    free(want);
+}
+END_TEST
+
 /* ---- other encodings of the same weights ---- */
 
 /* Loads dir and returns the logits of prompt 1 plus two decode steps (3 rows). */
@@ -1237,6 +1259,7 @@ static Suite *model_suite(void) {
     tcase_add_test(golden, test_ragged_batch_is_bit_identical_to_alone);
     tcase_add_test(golden, test_forked_sequence_matches_fresh_run);
     tcase_add_test(golden, test_forward_refuses_bad_batches);
+    tcase_add_test(golden, test_set_threads_after_load_keeps_logits);
     tcase_add_test(golden, test_f16_and_bf16_match_f32_of_rounded_weights);
     tcase_add_test(golden, test_shards_and_name_variants_match_original);
     suite_add_tcase(s, golden);

@@ -22,6 +22,8 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,14 +68,16 @@ struct model {
     const float *lnf_b;           /* (C,) */
     struct layer_weights *layers; /* (L,) */
     enum kernel_isa isa;
-    struct pool *pool; /* borrowed from the process-wide pool (see pool_acquire) */
+    bool holds_pool; /* counted in g_pool_users (see pool_acquire); passes use cur_pool() */
 };
 
 /* ---- the process-wide thread pool ----
  * One pool per process, shared by every loaded model (usually one), so there is never more
- * than one set of compute threads. model_set_threads resizes it. */
+ * than one set of compute threads. model_set_threads replaces it; a model therefore never keeps
+ * a pointer to it but reads the current one at each pass (cur_pool), or a model loaded before
+ * `--threads` took effect would run on a freed pool. */
 static pthread_mutex_t g_pool_mutex = PTHREAD_MUTEX_INITIALIZER;
-static struct pool *g_pool;
+static _Atomic(struct pool *) g_pool;
 static int g_pool_users;
 static int g_n_threads; /* 0: one per online CPU */
 
@@ -85,24 +89,28 @@ static int threads_wanted(void) {
     return n < 1 ? 1 : (n > POOL_MAX_THREADS ? POOL_MAX_THREADS : (int)n);
 }
 
-static struct pool *pool_acquire(void) {
+static struct pool *cur_pool(void) {
+    return atomic_load_explicit(&g_pool, memory_order_acquire);
+}
+
+static bool pool_acquire(void) {
     pthread_mutex_lock(&g_pool_mutex);
-    if (g_pool == NULL) {
-        g_pool = pool_create(threads_wanted());
+    if (cur_pool() == NULL) {
+        atomic_store_explicit(&g_pool, pool_create(threads_wanted()), memory_order_release);
     }
-    if (g_pool != NULL) {
+    bool ok = cur_pool() != NULL;
+    if (ok) {
         g_pool_users++;
     }
-    struct pool *pool = g_pool;
     pthread_mutex_unlock(&g_pool_mutex);
-    return pool;
+    return ok;
 }
 
 static void pool_release(void) {
     pthread_mutex_lock(&g_pool_mutex);
     if (--g_pool_users == 0) {
-        pool_destroy(g_pool);
-        g_pool = NULL;
+        pool_destroy(cur_pool());
+        atomic_store_explicit(&g_pool, NULL, memory_order_release);
     }
     pthread_mutex_unlock(&g_pool_mutex);
 }
@@ -110,12 +118,14 @@ static void pool_release(void) {
 void model_set_threads(int n_threads) {
     pthread_mutex_lock(&g_pool_mutex);
     g_n_threads = n_threads < 1 ? 0 : n_threads;
-    if (g_pool != NULL && pool_n_threads(g_pool) != threads_wanted()) {
-        /* Called between forward passes only (contract), so no run is in flight. */
+    struct pool *old = cur_pool();
+    if (old != NULL && pool_n_threads(old) != threads_wanted()) {
+        /* Called between forward passes only (contract), so no run is in flight; loaded models
+         * pick the new pool up at their next pass. */
         struct pool *fresh = pool_create(threads_wanted());
         if (fresh != NULL) {
-            pool_destroy(g_pool);
-            g_pool = fresh;
+            atomic_store_explicit(&g_pool, fresh, memory_order_release);
+            pool_destroy(old);
         }
     }
     pthread_mutex_unlock(&g_pool_mutex);
@@ -507,8 +517,8 @@ struct model *model_load(const char *dir, char *err, size_t err_size) {
     model->lnf_w = w + specs[2 + 12 * L].offset;
     model->lnf_b = w + specs[3 + 12 * L].offset;
     model->isa = kernel_isa_best();
-    model->pool = pool_acquire();
-    if (model->pool == NULL) {
+    model->holds_pool = pool_acquire();
+    if (!model->holds_pool) {
         snprintf(err, err_size, "cannot start the compute threads");
         goto fail;
     }
@@ -519,7 +529,7 @@ struct model *model_load(const char *dir, char *err, size_t err_size) {
              cfg->activation == MODEL_ACT_GELU_TANH ? "gelu_new" : "gelu",
              (double)model->n_params / 1e6, s_wte->tensor->dtype_name, n_files,
              n_files == 1 ? "" : "s", (double)model->weight_bytes / (1024.0 * 1024.0),
-             kernel_isa_name(model->isa), pool_n_threads(model->pool));
+             kernel_isa_name(model->isa), pool_n_threads(cur_pool()));
     for (int32_t i = 0; i < n_files; i++) {
         st_file_close(files[i]);
     }
@@ -543,7 +553,7 @@ void model_destroy(struct model *model) {
     if (model == NULL) {
         return;
     }
-    if (model->pool != NULL) {
+    if (model->holds_pool) {
         pool_release();
     }
     free(model->weights);
@@ -681,7 +691,7 @@ static void matmul(struct fwd *f, const float *x, const float *w, const float *b
     f->mm_n = n;
     f->mm_epilogue = epilogue;
     int32_t n_panels = kernel_n_panels(n);
-    int32_t n_threads = pool_n_threads(f->model->pool);
+    int32_t n_threads = pool_n_threads(cur_pool());
     /* Small matmuls are not worth waking a thread; big ones get a few tasks per thread so a
      * core slowed by a neighbour does not hold the other back. */
     double flops = 2.0 * m * (double)k * n;
@@ -690,7 +700,7 @@ static void matmul(struct fwd *f, const float *x, const float *w, const float *b
         n_tasks = n_panels;
     }
     f->mm_n_tasks = n_tasks;
-    pool_run(f->model->pool, matmul_task, f, n_tasks);
+    pool_run(cur_pool(), matmul_task, f, n_tasks);
 }
 
 static void layernorm_rows(const float *in, float *out, const float *w, const float *b, int32_t r0,
@@ -732,9 +742,9 @@ static void layernorm(struct fwd *f, const float *in, float *out, const float *w
     f->ln_b = b;
     f->ln_rows = rows;
     int32_t n_tasks =
-        (size_t)rows * (size_t)f->model->config.n_embd < 32768 ? 1 : pool_n_threads(f->model->pool);
+        (size_t)rows * (size_t)f->model->config.n_embd < 32768 ? 1 : pool_n_threads(cur_pool());
     f->ln_n_tasks = n_tasks > rows ? rows : n_tasks;
-    pool_run(f->model->pool, layernorm_task, f, f->ln_n_tasks);
+    pool_run(cur_pool(), layernorm_task, f, f->ln_n_tasks);
 }
 
 /* Attention of one (sequence, head): each new row attends causally to positions 0..its own. */
@@ -871,7 +881,7 @@ int model_forward(struct model *model, struct kv_cache *kv, struct model_scratch
                        (size_t)C * sizeof(float));
             }
         }
-        pool_run(model->pool, attention_task, &f, n_seqs * c->n_head);
+        pool_run(cur_pool(), attention_task, &f, n_seqs * c->n_head);
         matmul(&f, scratch->att, w->w_attn_out, w->b_attn_out, scratch->x, (size_t)C, n_rows, C, C,
                KERNEL_EPILOGUE_ADD);
         layernorm(&f, scratch->x, scratch->h, w->ln2_w, w->ln2_b, n_rows);
