@@ -54,9 +54,11 @@ expect_exit() { # name, code, args...
     if [ "$got" != "$want" ]; then echo "FAIL $name: exit $got, want $want"; cat "$tmp/err"; fail=1; else echo "ok   $name"; fi
 }
 expect_exit no-prompt 2 -m "$model"
-# Without -m the default model (built into build/tools/default-model, byte-level vocabulary) runs.
-if "$gptd" generate -p hi -n 2 --json >"$tmp/d.json" 2>"$tmp/err" &&
-    [ "$(jq -c '.prompt_ids' "$tmp/d.json")" = "[104,105]" ] &&
+# Without -m the bundled model (models/kjv-small, its own 4096-token vocabulary) runs.
+bundled=${GPTD_SOURCE_DIR:-$(dirname "$0")/..}/models/kjv-small
+if "$gptd" generate -p " And God" -n 2 --json >"$tmp/d.json" 2>"$tmp/err" &&
+    [ "$(jq -c '.prompt_ids' "$tmp/d.json")" = "$("$gptd" tokenize -m "$bundled" --json <(printf ' And God') 2>/dev/null)" ] &&
+    [ "$(jq '.prompt_ids | length' "$tmp/d.json")" = "2" ] &&
     [ "$(jq '.ids | length' "$tmp/d.json")" = "2" ]; then
     echo "ok   no -m: default model"
 else

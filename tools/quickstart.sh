@@ -20,10 +20,11 @@ BUILD_PACKAGES=(
 )
 # ... and what the test command adds: sanitizer runtimes and fuzzing (clang), the tools' tests
 # (numpy; PyTorch as the nanoGPT reference; the regex module and the King James Bible for the
-# bundled model's tokenizer), valgrind, the format check and the HTTP, load and deploy tests.
+# bundled model's tokenizer), valgrind, the format check, the HTTP, load and deploy tests and
+# the playground's browser test (Debian's chromium; playwright-core comes from npm).
 TEST_PACKAGES=(
     clang libclang-rt-14-dev python3 python3-numpy python3-torch python3-regex bible-kjv
-    valgrind clang-format curl jq wrk apache2-utils nginx
+    valgrind clang-format curl jq wrk apache2-utils nginx chromium
 )
 
 log() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }
@@ -94,7 +95,11 @@ run)
     exec build/gptd serve "${@:2}"
     ;;
 test)
-    install_deps "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    # Node.js runs the SDK and browser tests; the machines come with Node 20 (playwright-core
+    # needs >= 20), so Debian's (18) is only the fallback.
+    node_pkgs=()
+    command -v node >/dev/null && command -v npm >/dev/null || node_pkgs=(nodejs npm)
+    install_deps "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${node_pkgs[@]}"
     log "format check"
     fmt_ok=1
     files=$(git ls-files -co --exclude-standard -- 'src/*.[ch]' 'include/*.h' 'tests/*.[ch]' \

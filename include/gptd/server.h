@@ -51,6 +51,7 @@ struct server_config {
     int n_allowed_hosts;
     int ping_interval_ms; /* SSE `: ping` while nothing is produced, default 1000 */
     bool access_log;      /* one JSON line per request on stdout, default true */
+    bool playground;      /* the web playground at GET / (web/), default true */
 };
 
 void server_config_init_default(struct server_config *cfg);

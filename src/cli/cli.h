@@ -8,9 +8,8 @@
 
 #define CLI_EXIT_USAGE 2
 
-/* The model `gptd serve` and `gptd generate` use without -m: set by meson.build to the random
- * default model that tools/meson.build writes at build time (a trained model, once bundled,
- * takes its place). */
+/* The model `gptd serve` and `gptd generate` use without -m: set by meson.build to the bundled
+ * model (models/kjv-small in the source tree, or -Ddefault_model_dir=...). */
 #ifndef GPTD_DEFAULT_MODEL_DIR
 #define GPTD_DEFAULT_MODEL_DIR "models/default"
 #endif

@@ -233,7 +233,7 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
         }
     }
     if (a->model_dir == NULL) {
-        a->model_dir = GPTD_DEFAULT_MODEL_DIR; /* random weights until a trained model lands */
+        a->model_dir = GPTD_DEFAULT_MODEL_DIR; /* the bundled model */
     }
     if ((a->prompt == NULL) == (a->prompt_ids == NULL)) {
         return usage_error("%s", "give exactly one of -p TEXT and --prompt-ids");

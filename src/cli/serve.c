@@ -110,8 +110,8 @@ int cmd_serve(int argc, char **argv) {
     log_set_level(level);
     if (o.model_dir[0] == '\0') {
         snprintf(o.model_dir, sizeof(o.model_dir), "%s", GPTD_DEFAULT_MODEL_DIR);
-        log_info("no -m given: serving the default model %s (random weights and a byte-level "
-                 "tokenizer until a trained model is bundled: expect gibberish)",
+        log_info("no -m given: serving the default model %s (the bundled King James Bible "
+                 "model; -m DIR serves another)",
                  o.model_dir);
     }
     if (o.server.served_model_name[0] == '\0') {

@@ -84,6 +84,8 @@ static const struct opt opts[] = {
      "allowed browser origins, comma-separated or repeated (default: none)"},
     {"ping-interval-ms", 0, NUM(OPT_INT, server.ping_interval_ms, 50, 60000),
      "SSE keep-alive comment interval (default 1000)"},
+    {"playground", 0, NUM(OPT_BOOL, server.playground, 0, 1),
+     "the web playground at / (default true; its API calls still need the key)"},
     {"access-log", 0, NUM(OPT_BOOL, server.access_log, 0, 1),
      "one JSON line per request on stdout (default true)"},
     {"drain-timeout", 0, NUM(OPT_INT, drain_timeout_s, 0, 86400),
@@ -130,6 +132,7 @@ void server_config_init_default(struct server_config *cfg) {
     snprintf(cfg->served_model_name, sizeof(cfg->served_model_name), "gptd");
     cfg->ping_interval_ms = 1000;
     cfg->access_log = true;
+    cfg->playground = true;
 }
 
 void server_options_init(struct server_options *o) {

@@ -54,6 +54,7 @@
 #include "response.h"
 #include "sbuf.h"
 #include "version.h"
+#include "web.h"
 
 enum route {
     ROUTE_COMPLETIONS = 0,
@@ -63,6 +64,7 @@ enum route {
     ROUTE_METRICS,
     ROUTE_TOKENIZE,
     ROUTE_DETOKENIZE,
+    ROUTE_WEB, /* a playground file (web.h): GET, public */
     ROUTE_OTHER,
     N_ROUTES,
 };
@@ -81,6 +83,7 @@ static const struct route_info routes[N_ROUTES] = {
     [ROUTE_METRICS] = {"/metrics", false, false},
     [ROUTE_TOKENIZE] = {"/tokenize", true, false},
     [ROUTE_DETOKENIZE] = {"/detokenize", true, false},
+    [ROUTE_WEB] = {"web", false, true},
     [ROUTE_OTHER] = {"other", false, false},
 };
 
@@ -125,6 +128,7 @@ struct conn {
     struct MHD_Connection *mhd;
     int fd;
     enum route route;
+    const struct web_asset *asset; /* ROUTE_WEB: the file asked for */
     char method[8];
     int64_t t_start_us, t_submit_us, t_first_event_us, t_first_token_us;
     const char *cors_origin; /* the request's Origin when allowed (lives in MHD's pool, valid
@@ -936,13 +940,40 @@ static enum MHD_Result handle_completion(struct conn *x) {
 /* ---------------------------------------------------------------------------------------- */
 /* access handler                                                                           */
 
-static enum route find_route(const char *url) {
-    for (int r = 0; r < ROUTE_OTHER; r++) {
+static enum route find_route(const struct server *s, const char *url,
+                             const struct web_asset **asset) {
+    for (int r = 0; r < ROUTE_WEB; r++) {
         if (strcmp(url, routes[r].path) == 0) {
             return (enum route)r;
         }
     }
+    for (int i = 0; s->cfg.playground && i < web_assets_count; i++) {
+        if (strcmp(url, web_assets[i].path) == 0) {
+            *asset = &web_assets[i];
+            return ROUTE_WEB;
+        }
+    }
     return ROUTE_OTHER;
+}
+
+/* A playground file: static, so it may be cached briefly; the policy headers keep the page to
+ * its own scripts and this server (its API calls go to the same origin). */
+static enum MHD_Result handle_web(struct conn *x) {
+    const struct web_asset *a = x->asset;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+    if (r == NULL) {
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", a->content_type);
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'self'; style-src 'self'; "
+                            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                            "form-action 'none'; frame-ancestors 'none'");
+    return queue(x, 200, r);
 }
 
 struct header_counts {
@@ -1102,7 +1133,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             return MHD_NO;
         }
         *con_cls = x;
-        x->route = find_route(url);
+        x->route = find_route(s, url, &x->asset);
         snprintf(x->method, sizeof(x->method), "%s", method);
         return on_headers(x, method, url);
     }
@@ -1150,6 +1181,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         return handle_models(x);
     case ROUTE_METRICS:
         return handle_metrics(x);
+    case ROUTE_WEB:
+        return handle_web(x);
     default:
         return respond_errorf(x, 500, "server_error", "internal_error", "unexpected state");
     }
