@@ -109,10 +109,13 @@ test)
     fi
     build build
     run_suite release build
-    # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer (debug build).
+    # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer (debug build), but
+    # for the model tools' and the browser's tests: their C side (loading, serving files) is
+    # what the other suites already run under the sanitizers.
     build build-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
     ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        GPTD_SANITIZER=asan GPTD_SOAK_SECONDS=30 run_suite asan+ubsan build-asan
+        GPTD_SANITIZER=asan GPTD_SOAK_SECONDS=30 run_suite asan+ubsan build-asan \
+        --no-suite tools --no-suite web
     # Unit suites under valgrind memcheck.
     run_suite valgrind build --setup valgrind --suite unit
     # The threaded code (engine thread, request channels) under ThreadSanitizer.
@@ -121,8 +124,8 @@ test)
         run_suite tsan build-tsan --suite engine
     # A short libFuzzer pass over every harness (the corpus replays in every build above).
     if command -v clang >/dev/null; then
-        log "fuzz: ${GPTD_FUZZ_SECONDS:-60} s per harness"
-        if bash fuzz/run.sh "${GPTD_FUZZ_SECONDS:-60}"; then
+        log "fuzz: ${GPTD_FUZZ_SECONDS:-30} s per harness"
+        if bash fuzz/run.sh "${GPTD_FUZZ_SECONDS:-30}"; then
             passed=$((passed + 1))
         else
             failed=$((failed + 1))
