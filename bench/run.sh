@@ -64,7 +64,7 @@ else
 fi
 
 log "gptd serve + gptd-bench"
-build/gptd serve -m "$model" --port 0 --access-log false >"$out/serve.out" 2>"$out/serve.err" &
+build/gptd serve -m "$model" --port 0 --access-log false --kv-cache-mb 1024 >"$out/serve.out" 2>"$out/serve.err" &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true' EXIT
 port=
