@@ -24,7 +24,10 @@ import bpe  # noqa: E402
 import hfgpt2  # noqa: E402
 from train import GPT  # noqa: E402
 
-PROMPTS = ["And God said", "In the beginning", "The LORD is my shepherd"]
+# Prompts whose greedy path never has two candidates within 0.01 logits of each other on the
+# committed model (min_top2_gap in expected.json), so float rounding cannot flip an argmax;
+# "And God said" (0.0008) is left to the README's samples.
+PROMPTS = ["In the beginning", "The LORD is my shepherd", "Blessed are the", "And it came to pass"]
 NEW_TOKENS = 32
 
 
