@@ -286,8 +286,15 @@ def scenario_overload(args):
             with lock:
                 results[i] = (status, dt, s.headers, finish and done)
 
+        # Two streams first, and the other six once both run: arrivals that raced the engine's
+        # admission would find the first two still in the queue (a slow build saw 3 accepted).
         threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-        for t in threads:
+        for t in threads[:2]:
+            t.start()
+        deadline = time.time() + 10
+        while srv.metrics().get("gptd_requests_running", 0) < 2 and time.time() < deadline:
+            time.sleep(0.005)
+        for t in threads[2:]:
             t.start()
         health = []
         while any(t.is_alive() for t in threads):
