@@ -8,7 +8,8 @@
  * (chunked prefill must keep p99 within 2x p50).
  *
  * usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] [--new 128]
- *                     [--batch-tokens 256] [--kv-mb 1024] [--long-prompt 1000]
+ *                     [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024]
+ *                     [--long-prompt 1000]
  *                     [--tokenizer DIR]   (tokenizer files when MODEL_DIR has none)
  */
 #include <stdio.h>
@@ -126,12 +127,14 @@ static void pump(struct stream *streams, int n) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] "
-                        "[--new 128] [--batch-tokens 256] [--kv-mb 1024] [--long-prompt 1000]\n");
+                        "[--new 128] [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024] "
+                        "[--long-prompt 1000]\n");
         return 2;
     }
     const char *dir = argv[1];
     char conc_list[256] = "1,4,16,32,64";
     int32_t n_prompt = 64, n_new = 128, batch_tokens = 256, long_prompt = 1000;
+    int32_t prefill_chunk = -1; /* -1: the engine's default */
     long kv_mb = 1024;
     const char *tok_dir = dir;
     for (int i = 2; i + 1 < argc; i += 2) {
@@ -143,6 +146,8 @@ int main(int argc, char **argv) {
             n_new = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--batch-tokens") == 0) {
             batch_tokens = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--prefill-chunk") == 0) {
+            prefill_chunk = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--kv-mb") == 0) {
             kv_mb = atol(argv[i + 1]);
         } else if (strcmp(argv[i], "--tokenizer") == 0) {
@@ -166,6 +171,9 @@ int main(int argc, char **argv) {
     engine_config_init_default(&cfg);
     cfg.kv_cache_bytes = (size_t)kv_mb << 20;
     cfg.max_batch_tokens = batch_tokens;
+    if (prefill_chunk >= 0) {
+        cfg.prefill_chunk = prefill_chunk;
+    }
     struct engine *e = engine_create(model, tok, &cfg, err, sizeof(err));
     if (e == NULL || engine_start(e) != 0) {
         fprintf(stderr, "engine: %s\n", err);
@@ -176,8 +184,9 @@ int main(int argc, char **argv) {
     submit(e, &streams[0], n_prompt, 8, 1);
     pump(streams, 1);
 
-    printf("# engine benchmark: prompt %d, %d new tokens, greedy, batch tokens %d\n", n_prompt,
-           n_new, batch_tokens);
+    printf("# engine benchmark: prompt %d, %d new tokens, greedy, batch tokens %d, prefill chunk "
+           "%d\n",
+           n_prompt, n_new, batch_tokens, cfg.prefill_chunk);
     printf("%-12s %12s %10s %10s %10s %10s %10s\n", "concurrency", "agg tok/s", "TTFT p50",
            "TTFT p99", "ITL p50", "ITL p99", "wall s");
     char *save = NULL;

@@ -28,13 +28,17 @@
 struct engine_config {
     size_t kv_cache_bytes;     /* KV pool budget (--kv-cache-mb) */
     int32_t max_batch_tokens;  /* rows per forward step: decode rows + prefill chunks */
+    int32_t prefill_chunk;     /* while sequences decode, a prompt longer than 4 chunks
+                                  gets this many rows per step (0 = no limit): bounds how much
+                                  a long prompt stretches the running streams' latency */
     int32_t max_running;       /* running sequences; 0 = derived from the KV budget */
     int32_t max_queue;         /* waiting requests before submit says overloaded */
     int64_t queue_timeout_ms;  /* a request still waiting after this fails (overloaded) */
     int32_t max_logprobs_rows; /* logit rows one step can return (prompt logprobs, n > 1) */
 };
 
-/* Defaults: 256 MiB KV, 256 batch tokens, max_queue 256, 30 s queue timeout. */
+/* Defaults: 256 MiB KV, 256 batch tokens, prefill chunk 12, max_queue 256, 30 s queue
+ * timeout. */
 void engine_config_init_default(struct engine_config *cfg);
 
 enum engine_status {

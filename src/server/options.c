@@ -93,6 +93,8 @@ static const struct opt opts[] = {
     {"log-level", 0, STR(log_level), "error, warn, info or debug (default info)"},
     {"kv-cache-mb", 0, NUM(OPT_MIB, engine.kv_cache_bytes, 1, 1 << 20),
      "KV cache budget in MiB (default 256)"},
+    {"prefill-chunk", 0, NUM(OPT_I32, engine.prefill_chunk, 0, 1 << 20),
+     "rows per step for a long prompt while others decode (default 12; 0 = no limit)"},
     {"max-batch-tokens", 0, NUM(OPT_I32, engine.max_batch_tokens, 1, 1 << 20),
      "rows per forward step (default 256)"},
     {"max-batch", 0, NUM(OPT_I32, engine.max_running, 0, 1 << 16),
