@@ -257,6 +257,68 @@ START_TEST(test_engine_concurrent_requests_match_alone) {
 }
 END_TEST
 
+/* A long prompt arriving while a sequence decodes is fed prefill_chunk rows per step (so no
+ * step grows past decode rows + chunk), gives the same output as alone, and without the chunk
+ * (prefill_chunk 0) goes in as one big step: the check can fail. Returns the largest step's
+ * row-histogram bound index. */
+static int long_prompt_steps(int32_t prefill_chunk, struct job *decoding, struct job *longp) {
+    struct engine_config cfg;
+    engine_config_init_default(&cfg);
+    cfg.kv_cache_bytes = (size_t)64 << 20;
+    cfg.prefill_chunk = prefill_chunk;
+    char err[256];
+    struct engine *e = engine_create(model, tok, &cfg, err, sizeof(err));
+    ck_assert_msg(e != NULL, "engine_create: %s", err);
+    ck_assert_int_eq(engine_start(e), 0);
+    job_submit(e, decoding);
+    int64_t deadline = time_now_us() + 60 * 1000000LL;
+    while (decoding->out.n_tokens[0] < 2) { /* it decodes: its prefill is done */
+        drain_events(decoding);
+        ck_assert(time_now_us() < deadline);
+        sleep_ms(1);
+    }
+    job_submit(e, longp);
+    struct job *both[2] = {decoding, longp};
+    for (int i = 0; i < 2; i++) {
+        wait_all(both[i], 1);
+    }
+    struct engine_metrics m;
+    engine_get_metrics(e, &m);
+    int top = 0;
+    while (top < ENGINE_HIST_BUCKETS && m.batch_rows.counts[top] < m.batch_rows.count) {
+        top++;
+    }
+    release_all(decoding, 1);
+    release_all(longp, 1);
+    engine_destroy(e);
+    return top;
+}
+
+START_TEST(test_engine_long_prompt_is_chunked_while_others_decode) {
+    static struct job alone, decoding, longp, decoding2, longp2;
+    job_init(&alone, 200, 77, 4, 0.0f, 1);
+    struct engine *e = make_engine((size_t)64 << 20, 256, 256, 0);
+    ck_assert_int_eq(engine_start(e), 0);
+    run_alone(e, &alone, 1);
+    engine_destroy(e);
+
+    job_init(&decoding, 4, 5, 200, 0.0f, 2);
+    job_init(&longp, 200, 77, 4, 0.0f, 1);
+    int top = long_prompt_steps(12, &decoding, &longp);
+    /* bounds 1, 2, 4, 8, 16, ...: every step had at most 16 rows (1 decode + 12 prefill). */
+    ck_assert_msg(engine_hist_rows_bounds[top] <= 16, "a step had up to %g rows",
+                  engine_hist_rows_bounds[top]);
+    assert_same_outcome(&alone.out, &longp.out, 1);
+
+    job_init(&decoding2, 4, 5, 200, 0.0f, 2);
+    job_init(&longp2, 200, 77, 4, 0.0f, 1);
+    top = long_prompt_steps(0, &decoding2, &longp2);
+    ck_assert_msg(engine_hist_rows_bounds[top] > 128, "unchunked: largest step bound %g",
+                  engine_hist_rows_bounds[top]);
+    assert_same_outcome(&alone.out, &longp2.out, 1);
+}
+END_TEST
+
 START_TEST(test_engine_preemption_keeps_outputs) {
     static struct job alone[N_MIXED], together[N_MIXED];
     mixed_jobs(alone);
@@ -616,6 +678,7 @@ static Suite *engine_suite(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_engine_concurrent_requests_match_alone);
     tcase_add_test(tc, test_engine_preemption_keeps_outputs);
+    tcase_add_test(tc, test_engine_long_prompt_is_chunked_while_others_decode);
     tcase_add_loop_test(tc, test_engine_cancel_frees_everything, 0, 3);
     tcase_add_test(tc, test_engine_queue_overflow_is_overloaded);
     tcase_add_test(tc, test_engine_queue_timeout_is_overloaded);

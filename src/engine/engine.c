@@ -437,6 +437,20 @@ static int32_t admission_blocks(const struct engine_request *req) {
     return need;
 }
 
+/* Adds the next prefill chunk of seq to the plan: what is left of its tokens, at most budget
+ * rows, at most long_cap rows for a long prompt (long_cap > 0), and what the free KV blocks
+ * hold. Returns the rows added. */
+static int32_t plan_prefill(struct engine *e, struct step_plan *plan, struct seq *seq,
+                            int32_t budget, int32_t long_cap) {
+    int32_t n = seq->n_tokens - seq->n_computed;
+    n = n < budget ? n : budget;
+    if (long_cap > 0 && seq->n_tokens > 4 * long_cap && n > long_cap) {
+        n = long_cap;
+    }
+    n = chunk_that_fits(e, seq, n);
+    return n > 0 && plan_add(e, plan, seq, n) ? n : 0;
+}
+
 static void plan_step(struct engine *e, struct step_plan *plan) {
     int32_t budget = e->cfg.max_batch_tokens;
     memset(plan, 0, sizeof(*plan));
@@ -483,13 +497,7 @@ static void plan_step(struct engine *e, struct step_plan *plan) {
             if (!seq_is_computing(seq) || seq->n_tokens - seq->n_computed == 1) {
                 continue;
             }
-            int32_t n = seq->n_tokens - seq->n_computed;
-            n = n < budget ? n : budget;
-            n = long_cap > 0 && seq->n_tokens > 4 * long_cap && n > long_cap ? long_cap : n;
-            n = chunk_that_fits(e, seq, n);
-            if (n > 0 && plan_add(e, plan, seq, n)) {
-                budget -= n;
-            }
+            budget -= plan_prefill(e, plan, seq, budget, long_cap);
         }
     }
 
@@ -527,13 +535,7 @@ static void plan_step(struct engine *e, struct step_plan *plan) {
                 continue;
             }
             seq->state = SEQ_STATE_RUNNING;
-            int32_t n = seq->n_tokens - seq->n_computed;
-            n = n < budget ? n : budget;
-            n = long_cap > 0 && seq->n_tokens > 4 * long_cap && n > long_cap ? long_cap : n;
-            n = chunk_that_fits(e, seq, n);
-            if (n > 0 && plan_add(e, plan, seq, n)) {
-                budget -= n;
-            }
+            budget -= plan_prefill(e, plan, seq, budget, long_cap);
         }
         /* Sequences not started for lack of rows are RUNNING with work left: step 2 of the
          * next steps picks them up. */
