@@ -102,11 +102,16 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def _printable_bytes():
+    """The bytes GPT-2 keeps as their own character: printable ASCII and Latin-1."""
+    return list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+
+
 def bytes_to_unicode():
     """GPT-2's byte -> character map: printable Latin-1 bytes map to themselves, the other bytes
     to code points from 256 up, in byte order. Returned as a list indexed by byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
+    keep = _printable_bytes()
     out = [None] * 256
     extra = 0
     for b in range(256):
@@ -120,8 +125,7 @@ def bytes_to_unicode():
 
 def byte_token_order():
     """The 256 byte tokens in GPT-2's id order (printable ones first), as bytes values."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
+    keep = _printable_bytes()
     return keep + [b for b in range(256) if b not in keep]
 
 

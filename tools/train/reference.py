@@ -22,7 +22,7 @@ sys.path.insert(0, HERE)
 
 import bpe  # noqa: E402
 import hfgpt2  # noqa: E402
-from train import GPT  # noqa: E402
+from train import GPT, LINEAR_NAMES  # noqa: E402
 
 # Prompts whose greedy path never has two candidates within 0.01 logits of each other on the
 # committed model (min_top2_gap in expected.json), so float rounding cannot flip an argmax;
@@ -56,8 +56,7 @@ def load_model(model_dir):
             for n in ("ln_1", "ln_2"):
                 getattr(b, n).weight.copy_(t[p + n + ".weight"])
                 getattr(b, n).bias.copy_(t[p + n + ".bias"])
-            for ours, theirs in (("c_attn", "attn.c_attn"), ("attn_proj", "attn.c_proj"),
-                                 ("c_fc", "mlp.c_fc"), ("mlp_proj", "mlp.c_proj")):
+            for ours, theirs in LINEAR_NAMES:
                 getattr(b, ours).weight.copy_(t[p + theirs + ".weight"].t())
                 getattr(b, ours).bias.copy_(t[p + theirs + ".bias"])
     return model.eval()

@@ -39,6 +39,11 @@ import corpus  # noqa: E402
 import hfgpt2  # noqa: E402
 
 
+# Block's Linear layers and their Hugging Face GPT-2 (Conv1D) names, for export and re-import.
+LINEAR_NAMES = (("c_attn", "attn.c_attn"), ("attn_proj", "attn.c_proj"), ("c_fc", "mlp.c_fc"),
+                ("mlp_proj", "mlp.c_proj"))
+
+
 class Block(nn.Module):
     def __init__(self, d, n_head):
         super().__init__()
@@ -106,8 +111,7 @@ class GPT(nn.Module):
             for ours, theirs in (("ln_1", "ln_1"), ("ln_2", "ln_2")):
                 out[p + theirs + ".weight"] = getattr(b, ours).weight
                 out[p + theirs + ".bias"] = getattr(b, ours).bias
-            for ours, theirs in (("c_attn", "attn.c_attn"), ("attn_proj", "attn.c_proj"),
-                                 ("c_fc", "mlp.c_fc"), ("mlp_proj", "mlp.c_proj")):
+            for ours, theirs in LINEAR_NAMES:
                 out[p + theirs + ".weight"] = getattr(b, ours).weight.t()
                 out[p + theirs + ".bias"] = getattr(b, ours).bias
         return {k: v.detach().contiguous().numpy().copy() for k, v in out.items()}
