@@ -9,7 +9,8 @@
  * Also checks whether OpenBLAS's sgemm rows are bit-identical across M (why gptd uses its own
  * kernels is in src/model/kernels.h).
  *
- * Usage: bench_model [MODEL_DIR] [--threads N]   (default build/gpt2-124m-random; write it with
+ * Usage: bench_model [MODEL_DIR] [--threads N] [--weights auto|f32|f16|bf16]
+ *        (default build/gpt2-124m-random; write it with
  *        build/tools/make-random-gpt2 build/gpt2-124m-random). Run under
  *        `flock /tmp/gptd-bench.lock` and report `uptime` with the numbers.
  */
@@ -166,7 +167,8 @@ static int sgemm_rows_invariant(int m, int k, int n) {
 
 struct kernel_job {
     const float *x;
-    const float *w;
+    const void *w;
+    enum kernel_wtype wt;
     float *out;
     int32_t m, k, n, n_tasks;
     enum kernel_isa isa;
@@ -176,20 +178,26 @@ static void kernel_task(void *ctx, int32_t i_task, int32_t i_thread) {
     (void)i_thread;
     struct kernel_job *j = ctx;
     int32_t p = kernel_n_panels(j->n);
-    kernel_matmul(j->isa, j->x, (size_t)j->k, j->w, NULL, j->out, (size_t)j->n, j->m, j->k, j->n,
-                  p * i_task / j->n_tasks, p * (i_task + 1) / j->n_tasks, KERNEL_EPILOGUE_STORE);
+    kernel_matmul(j->isa, j->x, (size_t)j->k, j->w, j->wt, NULL, j->out, (size_t)j->n, j->m, j->k,
+                  j->n, p * i_task / j->n_tasks, p * (i_task + 1) / j->n_tasks,
+                  KERNEL_EPILOGUE_STORE);
 }
 
-static double measure_kernel(struct pool *pool, int m, int k, int n) {
-    struct kernel_job j = {.m = m, .k = k, .n = n, .isa = kernel_isa_best()};
+static double measure_kernel(struct pool *pool, enum kernel_wtype wt, int m, int k, int n) {
+    struct kernel_job j = {.m = m, .k = k, .n = n, .isa = kernel_isa_best(), .wt = wt};
     float *x = aligned_alloc(64, (size_t)m * k * sizeof(float));
-    float *w = aligned_alloc(64, kernel_packed_floats(k, n) * sizeof(float));
+    void *w = aligned_alloc(64, kernel_packed_floats(k, n) * kernel_wtype_size(wt));
     float *out = aligned_alloc(64, (size_t)m * n * sizeof(float));
     for (size_t i = 0; i < (size_t)m * k; i++) {
         x[i] = (float)(i % 7) * 0.1f;
     }
     for (size_t i = 0; i < kernel_packed_floats(k, n); i++) {
-        w[i] = (float)(i % 11) * 0.01f;
+        if (wt == KERNEL_W_F32) {
+            ((float *)w)[i] = (float)(i % 11) * 0.01f;
+        } else {
+            ((uint16_t *)w)[i] =
+                (uint16_t)(0x3c00 + i % 11); /* small normal numbers in F16 and BF16 */
+        }
     }
     j.x = x;
     j.w = w;
@@ -326,9 +334,15 @@ int main(int argc, char **argv) {
     int is_model_only = 0;
     int32_t only_batch = 0;
     int is_prefill_only = 0;
+    enum model_weights weights = MODEL_WEIGHTS_AUTO;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             n_threads = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--weights") == 0 && i + 1 < argc) {
+            if (model_weights_parse(argv[++i], &weights) != 0) {
+                fprintf(stderr, "bench_model: --weights wants auto, f32, f16 or bf16\n");
+                return 2;
+            }
         } else if (strcmp(argv[i], "--model-only") == 0) {
             is_model_only = 1; /* skip the machine probes (for profiling) */
         } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
@@ -356,10 +370,14 @@ int main(int argc, char **argv) {
             printf("cblas_sgemm M=%-3d K=768 N=2304: %6.1f GFLOPS\n", ms[i], sgemm[i]);
         }
         struct pool *pool = pool_create(n_threads);
-        for (int i = 0; i < 6; i++) {
-            double g = measure_kernel(pool, ms[i], 768, 2304);
-            printf("gptd kernel (%s) M=%-3d K=768 N=2304: %6.1f GFLOPS (%.0f%% of sgemm)\n",
-                   kernel_isa_name(kernel_isa_best()), ms[i], g, 100.0 * g / sgemm[i]);
+        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_F16; wt++) {
+            for (int i = 0; i < 6; i++) {
+                double g = measure_kernel(pool, (enum kernel_wtype)wt, ms[i], 768, 2304);
+                printf("gptd kernel (%s, %s weights) M=%-3d K=768 N=2304: %6.1f GFLOPS (%.0f%% "
+                       "of sgemm)\n",
+                       kernel_isa_name(kernel_isa_best()), wt == KERNEL_W_F32 ? "f32" : "f16",
+                       ms[i], g, 100.0 * g / sgemm[i]);
+            }
         }
         pool_destroy(pool);
         printf("cblas_sgemm rows bit-identical alone vs in a block of 64: %s\n",
@@ -367,7 +385,7 @@ int main(int argc, char **argv) {
     }
 
     char err[1024];
-    struct model *model = model_load(dir, err, sizeof(err));
+    struct model *model = model_load_with(dir, weights, err, sizeof(err));
     if (model == NULL) {
         fprintf(stderr, "bench_model: %s\n(write it with build/tools/make-random-gpt2 %s)\n", err,
                 dir);
@@ -388,8 +406,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 6; i++) {
         sgemm_best = sgemm[i] > sgemm_best ? sgemm[i] : sgemm_best;
     }
-    printf("\n== model %s: %zu params, %.1f MB of weights streamed per decode step\n", dir,
-           model_n_params(model), step_bytes / 1e6);
+    printf("\n== model %s: %zu params, matmul weights in %s, %.1f MB of weights streamed per "
+           "decode step\n",
+           dir, model_n_params(model), model_weights_name(model_get_weights(model)),
+           step_bytes / 1e6);
     const int32_t batches[] = {1, 8, 32, 64};
     for (int i = 0; i < 4; i++) {
         if (only_batch != 0 && batches[i] != only_batch) {

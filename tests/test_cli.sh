@@ -25,5 +25,7 @@ check unknown-flag 2 "$gptd" --frobnicate
 grep -q "unknown option '--frobnicate'" /tmp/gptd_cli_err.$$ || { echo "FAIL unknown flag message"; fail=1; }
 check no-args 2 "$gptd"
 check version-extra-arg 2 "$gptd" version --bogus
+check serve-bad-weights 2 "$gptd" serve --weights fp16 --port 0
+grep -q "expected auto, f32, f16 or bf16" /tmp/gptd_cli_err.$$ || { echo "FAIL --weights message"; fail=1; }
 rm -f /tmp/gptd_cli_out.$$ /tmp/gptd_cli_err.$$
 exit $fail

@@ -2,7 +2,7 @@
 # test_generate_cli.sh: `gptd generate` end to end on the tiny golden model: --prompt-ids greedy
 # output equals transformers' 48 greedy tokens for all 7 prompts; -p TEXT gives the same ids as
 # the golden prompt ids; the JSON shape (logprobs, finish_reason); usage errors exit 2;
-# without -m the default model answers.
+# without -m the default model answers; --weights f32/f16/bf16.
 # Usage: test_generate_cli.sh path/to/gptd   (GPTD_SHARED_DIR from meson)
 set -u
 gptd="$1"
@@ -69,4 +69,19 @@ expect_exit bad-ids 2 -m "$model" --prompt-ids 1,,2
 expect_exit bad-n 2 -m "$model" --prompt-ids 1 -n x
 expect_exit id-outside-vocab 1 -m "$model" --prompt-ids 50257
 expect_exit missing-model-dir 1 -m "$tmp/nope" --prompt-ids 1
+expect_exit bad-weights 2 -m "$model" --prompt-ids 1 --weights fp16
+
+# --weights: f32 is the float32 checkpoint as is (the golden greedy ids); f16 and bf16 round
+# the matmul weights, say so in the log, and still run the 48 steps.
+ids=$(jq -r '.prompts[0].prompt_ids | map(tostring) | join(",")' "$golden")
+for w in f32 f16 bf16; do
+    if "$gptd" generate -m "$model" --prompt-ids "$ids" -n 48 --ignore-eos --json --weights "$w" \
+        >"$tmp/w.json" 2>"$tmp/err" && grep -q "matmuls in $w" "$tmp/err" &&
+        [ "$(jq '.ids | length' "$tmp/w.json")" = 48 ] &&
+        { [ "$w" != f32 ] || [ "$(jq -c .ids "$tmp/w.json")" = "$(jq -c '.prompts[0].greedy_ids' "$golden")" ]; }; then
+        echo "ok   --weights $w"
+    else
+        echo "FAIL --weights $w"; cat "$tmp/err"; fail=1
+    fi
+done
 exit $fail

@@ -739,16 +739,25 @@ END_TEST
 
 /* ---- other encodings of the same weights ---- */
 
-/* Loads dir and returns the logits of prompt 1 plus two decode steps (3 rows). */
-static float *logits_of_dir(const char *dir) {
+/* Loads dir (matmul weights as asked) and returns the logits of prompt 1 plus two decode steps
+ * (3 rows). When got is not NULL, it receives how the model holds its matmul weights. */
+static float *logits_of_dir_with(const char *dir, enum model_weights weights,
+                                 enum model_weights *got) {
     char err[512] = "";
-    struct model *m = model_load(dir, err, sizeof(err));
+    struct model *m = model_load_with(dir, weights, err, sizeof(err));
     ck_assert_msg(m != NULL, "model_load(%s): %s", dir, err);
+    if (got != NULL) {
+        *got = model_get_weights(m);
+    }
     float *logits = malloc(3 * (size_t)g_vocab * sizeof(float));
     int32_t ids[3];
     run_alone(m, g_prompts[1].ids, g_prompts[1].n_ids, 3, logits, ids);
     model_destroy(m);
     return logits;
+}
+
+static float *logits_of_dir(const char *dir) {
+    return logits_of_dir_with(dir, MODEL_WEIGHTS_AUTO, NULL);
 }
 
 static void write_dir(const char *dir, const struct tt_model *m) {
@@ -789,20 +798,145 @@ START_TEST(test_f16_and_bf16_match_f32_of_rounded_weights) {
         }
         write_dir(dir_half, &half);
         write_dir(dir_f32, &rounded);
-        float *a = logits_of_dir(dir_half);
-        float *b = logits_of_dir(dir_f32);
-        /* Conversion at load is exact, so the two runs compute on identical floats. */
+        enum model_weights held;
+        float *a = logits_of_dir_with(dir_half, MODEL_WEIGHTS_AUTO, &held);
+        /* By default the matmul weights stay 16-bit; the kernels widen them in registers. */
+        ck_assert_int_eq(held, k == 0 ? MODEL_WEIGHTS_F16 : MODEL_WEIGHTS_BF16);
+        float *b = logits_of_dir_with(dir_f32, MODEL_WEIGHTS_AUTO, &held);
+        ck_assert_int_eq(held, MODEL_WEIGHTS_F32);
+        /* Widening is exact, so the two runs compute on identical floats. */
         ck_assert_msg(memcmp(a, b, 3 * (size_t)g_vocab * sizeof(float)) == 0,
                       "%s differs from F32 on rounded weights by %g", dtypes[k],
                       (double)max_abs_diff(a, b, 3 * (size_t)g_vocab));
+        /* The same with everything widened to float32 at load. */
+        float *c = logits_of_dir_with(dir_half, MODEL_WEIGHTS_F32, &held);
+        ck_assert_int_eq(held, MODEL_WEIGHTS_F32);
+        ck_assert_int_eq(memcmp(a, c, 3 * (size_t)g_vocab * sizeof(float)), 0);
         free(a);
         free(b);
+        free(c);
         tt_free(&half);
         tt_free(&rounded);
         tt_rmdir(dir_half);
         tt_rmdir(dir_f32);
     }
     tt_free(&orig);
+}
+END_TEST
+
+/* Whether a tensor is one the loader packs for the matmuls (wte is: the model is tied). */
+static int is_matmul_weight(const struct tt_tensor *t) {
+    return t->n_dims == 2 && strstr(t->name, "wpe") == NULL;
+}
+
+/* --weights f16 / bf16 on a float32 checkpoint rounds exactly the matmul weights (and the tied
+ * wte): the logits equal those of a float32 file whose matmul weights were rounded beforehand,
+ * byte for byte. They stay close to the float32 run, and the weights take about half the
+ * memory. */
+START_TEST(test_narrowed_weights_equal_prerounded_file) {
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/model.safetensors", g_model_dir);
+    struct tt_model orig;
+    ck_assert_int_eq(tt_read(path, &orig), 0);
+    float *full = logits_of_dir(g_model_dir);
+    char err[512];
+    struct model *m32 = model_load_with(g_model_dir, MODEL_WEIGHTS_F32, err, sizeof(err));
+    ck_assert_msg(m32 != NULL, "%s", err);
+    size_t bytes32 = model_weight_bytes(m32);
+    model_destroy(m32);
+    for (int k = 0; k < 2; k++) {
+        enum model_weights want = k == 0 ? MODEL_WEIGHTS_F16 : MODEL_WEIGHTS_BF16;
+        char dir[256];
+        tt_mkdtemp(dir, sizeof(dir));
+        struct tt_model rounded;
+        tt_copy(&rounded, &orig);
+        for (int i = 0; i < orig.n_tensors; i++) {
+            if (!is_matmul_weight(&orig.tensors[i])) {
+                continue;
+            }
+            for (size_t j = 0; j < n_elements(&orig.tensors[i]); j++) {
+                float v = orig.tensors[i].values[j];
+                rounded.tensors[i].values[j] = k == 0 ? tt_round_f16(v) : tt_round_bf16(v);
+            }
+        }
+        write_dir(dir, &rounded);
+        enum model_weights held;
+        float *narrowed = logits_of_dir_with(g_model_dir, want, &held);
+        ck_assert_int_eq(held, want);
+        float *pre = logits_of_dir_with(dir, MODEL_WEIGHTS_AUTO, &held);
+        ck_assert_int_eq(held, MODEL_WEIGHTS_F32);
+        ck_assert_msg(memcmp(narrowed, pre, 3 * (size_t)g_vocab * sizeof(float)) == 0,
+                      "%s: narrowed at load differs from pre-rounded by %g",
+                      model_weights_name(want),
+                      (double)max_abs_diff(narrowed, pre, 3 * (size_t)g_vocab));
+        float drift = max_abs_diff(narrowed, full, 3 * (size_t)g_vocab);
+        ck_assert_msg(drift > 0.0f && drift < (k == 0 ? 1e-2f : 1e-1f),
+                      "%s: logits moved by %g from float32", model_weights_name(want),
+                      (double)drift);
+        struct model *m16 = model_load_with(g_model_dir, want, err, sizeof(err));
+        ck_assert_msg(m16 != NULL, "%s", err);
+        /* The model is mostly matmul weights: well under 3/4 of float32's bytes. */
+        ck_assert_uint_lt(model_weight_bytes(m16) * 4, bytes32 * 3);
+        model_destroy(m16);
+        free(narrowed);
+        free(pre);
+        tt_free(&rounded);
+        tt_rmdir(dir);
+    }
+    free(full);
+    tt_free(&orig);
+}
+END_TEST
+
+/* Narrowing to F16 refuses a weight beyond half's range (it would compute infinities), naming
+ * the tensor; the same file loads as it is, and as bf16. A checkpoint whose matmul weights mix
+ * F16 and F32 is held as float32 by default. */
+START_TEST(test_weights_out_of_f16_range_or_mixed) {
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/model.safetensors", g_model_dir);
+    struct tt_model big;
+    ck_assert_int_eq(tt_read(path, &big), 0);
+    int i_fc = -1;
+    for (int i = 0; i < big.n_tensors; i++) {
+        if (strstr(big.tensors[i].name, "h.2.mlp.c_fc.weight") != NULL) {
+            i_fc = i;
+        }
+    }
+    ck_assert_int_ge(i_fc, 0);
+    big.tensors[i_fc].values[5] = 70000.0f;
+    char dir[256];
+    tt_mkdtemp(dir, sizeof(dir));
+    write_dir(dir, &big);
+    char err[512] = "";
+    struct model *m = model_load_with(dir, MODEL_WEIGHTS_F16, err, sizeof(err));
+    ck_assert_msg(m == NULL, "a weight of 70000 was narrowed to float16");
+    ck_assert_msg(strstr(err, "h.2.mlp.c_fc.weight") != NULL && strstr(err, "65504") != NULL,
+                  "error '%s'", err);
+    const enum model_weights fine[] = {MODEL_WEIGHTS_AUTO, MODEL_WEIGHTS_BF16};
+    for (int i = 0; i < 2; i++) {
+        m = model_load_with(dir, fine[i], err, sizeof(err));
+        ck_assert_msg(m != NULL, "%s: %s", model_weights_name(fine[i]), err);
+        model_destroy(m);
+    }
+    tt_rmdir(dir);
+
+    struct tt_model mixed;
+    ck_assert_int_eq(tt_read(path, &mixed), 0);
+    snprintf(mixed.tensors[i_fc].dtype, sizeof(mixed.tensors[i_fc].dtype), "F16");
+    tt_mkdtemp(dir, sizeof(dir));
+    write_dir(dir, &mixed);
+    enum model_weights held;
+    free(logits_of_dir_with(dir, MODEL_WEIGHTS_AUTO, &held));
+    ck_assert_int_eq(held, MODEL_WEIGHTS_F32);
+    tt_rmdir(dir);
+    tt_free(&mixed);
+    tt_free(&big);
+
+    enum model_weights w;
+    ck_assert_int_eq(model_weights_parse("bf16", &w), 0);
+    ck_assert_int_eq(w, MODEL_WEIGHTS_BF16);
+    ck_assert_int_eq(model_weights_parse("fp16", &w), -1);
+    ck_assert_int_eq(model_weights_parse("", &w), -1);
 }
 END_TEST
 
@@ -1101,6 +1235,19 @@ END_TEST
 
 /* ---- kernels ---- */
 
+/* w (n_el,) rounded to wt's precision, and the same values as wt's bit patterns. */
+static void round_weights(enum kernel_wtype wt, float *w, uint16_t *bits, size_t n_el) {
+    for (size_t i = 0; i < n_el; i++) {
+        if (wt == KERNEL_W_F16) {
+            bits[i] = to_f16(w[i]);
+            w[i] = from_f16(bits[i]);
+        } else if (wt == KERNEL_W_BF16) {
+            bits[i] = to_bf16(w[i]);
+            w[i] = tt_round_bf16(w[i]);
+        }
+    }
+}
+
 START_TEST(test_matmul_kernels_match_reference_bytes) {
     static const int32_t shapes[][3] = {{1, 8, 8},    {1, 64, 64},    {7, 64, 192}, {13, 33, 71},
                                         {6, 100, 64}, {32, 128, 130}, {5, 1, 1},    {12, 256, 64}};
@@ -1108,64 +1255,82 @@ START_TEST(test_matmul_kernels_match_reference_bytes) {
         if (!kernel_isa_supported((enum kernel_isa)isa)) {
             continue;
         }
-        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
-            int32_t m = shapes[s][0], k = shapes[s][1], n = shapes[s][2];
-            float *x = malloc((size_t)m * k * sizeof(float));
-            float *w = malloc((size_t)k * n * sizeof(float));
-            float *wp =
-                aligned_alloc(64, (kernel_packed_floats(k, n) * sizeof(float) + 63) / 64 * 64);
-            float *bias = malloc((size_t)n * sizeof(float));
-            float *got = malloc((size_t)m * n * sizeof(float));
-            float *want = malloc((size_t)m * n * sizeof(float));
-            uint32_t r = 12345u + (uint32_t)s;
-            for (int32_t i = 0; i < m * k; i++) {
-                r = r * 1664525u + 1013904223u;
-                x[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
-            }
-            memset(wp, 0, kernel_packed_floats(k, n) * sizeof(float));
-            for (int32_t i = 0; i < k * n; i++) {
-                r = r * 1664525u + 1013904223u;
-                w[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
-                wp[kernel_packed_index(k, i / n, i % n)] = w[i];
-            }
-            for (int32_t i = 0; i < n; i++) {
-                bias[i] = (float)i * 0.01f;
-            }
-            for (int ep = 0; ep < 3; ep++) {
-                for (int32_t i = 0; i < m * n; i++) {
-                    got[i] = want[i] = (float)i;
+        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_BF16; wt++) {
+            for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+                int32_t m = shapes[s][0], k = shapes[s][1], n = shapes[s][2];
+                size_t w_size = kernel_wtype_size((enum kernel_wtype)wt);
+                float *x = malloc((size_t)m * k * sizeof(float));
+                float *w = malloc((size_t)k * n * sizeof(float));
+                uint16_t *bits = malloc((size_t)k * n * sizeof(uint16_t));
+                unsigned char *wp =
+                    aligned_alloc(64, (kernel_packed_floats(k, n) * w_size + 63) / 64 * 64);
+                float *bias = malloc((size_t)n * sizeof(float));
+                float *got = malloc((size_t)m * n * sizeof(float));
+                float *want = malloc((size_t)m * n * sizeof(float));
+                uint32_t r = 12345u + (uint32_t)s;
+                for (int32_t i = 0; i < m * k; i++) {
+                    r = r * 1664525u + 1013904223u;
+                    x[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
                 }
-                kernel_matmul_ref(x, (size_t)k, w, bias, want, (size_t)n, m, k, n,
+                for (int32_t i = 0; i < k * n; i++) {
+                    r = r * 1664525u + 1013904223u;
+                    w[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
+                }
+                /* A few half subnormals, which the F16 path must widen exactly too. */
+                w[0] = 3e-6f;
+                w[(k * n) / 2] = -1e-7f;
+                round_weights((enum kernel_wtype)wt, w, bits, (size_t)k * n);
+                memset(wp, 0, kernel_packed_floats(k, n) * w_size);
+                for (int32_t i = 0; i < k * n; i++) {
+                    size_t at = kernel_packed_index(k, i / n, i % n);
+                    if (wt == KERNEL_W_F32) {
+                        ((float *)(void *)wp)[at] = w[i];
+                    } else {
+                        ((uint16_t *)(void *)wp)[at] = bits[i];
+                    }
+                    ck_assert(kernel_packed_get((enum kernel_wtype)wt, wp, at) == w[i]);
+                }
+                for (int32_t i = 0; i < n; i++) {
+                    bias[i] = (float)i * 0.01f;
+                }
+                for (int ep = 0; ep < 3; ep++) {
+                    for (int32_t i = 0; i < m * n; i++) {
+                        got[i] = want[i] = (float)i;
+                    }
+                    kernel_matmul_ref(x, (size_t)k, w, bias, want, (size_t)n, m, k, n,
+                                      (enum kernel_epilogue)ep);
+                    /* Rows one at a time, then all at once: the same bytes either way. */
+                    for (int32_t i = 0; i < m; i++) {
+                        kernel_matmul((enum kernel_isa)isa, x + (size_t)i * k, (size_t)k, wp,
+                                      (enum kernel_wtype)wt, bias, got + (size_t)i * n, (size_t)n,
+                                      1, k, n, 0, kernel_n_panels(n), (enum kernel_epilogue)ep);
+                    }
+                    if (ep == KERNEL_EPILOGUE_GELU_TANH) {
+                        ck_assert_float_le(max_abs_diff(got, want, (size_t)m * n), 1e-5f);
+                    } else {
+                        ck_assert_msg(memcmp(got, want, (size_t)m * n * sizeof(float)) == 0,
+                                      "%s weights %d m=%d k=%d n=%d epilogue %d: max diff %g",
+                                      kernel_isa_name((enum kernel_isa)isa), wt, m, k, n, ep,
+                                      (double)max_abs_diff(got, want, (size_t)m * n));
+                    }
+                    float *all = malloc((size_t)m * n * sizeof(float));
+                    for (int32_t i = 0; i < m * n; i++) {
+                        all[i] = (float)i;
+                    }
+                    kernel_matmul((enum kernel_isa)isa, x, (size_t)k, wp, (enum kernel_wtype)wt,
+                                  bias, all, (size_t)n, m, k, n, 0, kernel_n_panels(n),
                                   (enum kernel_epilogue)ep);
-                /* Rows one at a time, then all at once: the same bytes either way. */
-                for (int32_t i = 0; i < m; i++) {
-                    kernel_matmul((enum kernel_isa)isa, x + (size_t)i * k, (size_t)k, wp, bias,
-                                  got + (size_t)i * n, (size_t)n, 1, k, n, 0, kernel_n_panels(n),
-                                  (enum kernel_epilogue)ep);
+                    ck_assert_int_eq(memcmp(all, got, (size_t)m * n * sizeof(float)), 0);
+                    free(all);
                 }
-                if (ep == KERNEL_EPILOGUE_GELU_TANH) {
-                    ck_assert_float_le(max_abs_diff(got, want, (size_t)m * n), 1e-5f);
-                } else {
-                    ck_assert_msg(memcmp(got, want, (size_t)m * n * sizeof(float)) == 0,
-                                  "%s m=%d k=%d n=%d epilogue %d: max diff %g",
-                                  kernel_isa_name((enum kernel_isa)isa), m, k, n, ep,
-                                  (double)max_abs_diff(got, want, (size_t)m * n));
-                }
-                float *all = malloc((size_t)m * n * sizeof(float));
-                for (int32_t i = 0; i < m * n; i++) {
-                    all[i] = (float)i;
-                }
-                kernel_matmul((enum kernel_isa)isa, x, (size_t)k, wp, bias, all, (size_t)n, m, k, n,
-                              0, kernel_n_panels(n), (enum kernel_epilogue)ep);
-                ck_assert_int_eq(memcmp(all, got, (size_t)m * n * sizeof(float)), 0);
-                free(all);
+                free(x);
+                free(w);
+                free(bits);
+                free(wp);
+                free(bias);
+                free(got);
+                free(want);
             }
-            free(x);
-            free(w);
-            free(wp);
-            free(bias);
-            free(got);
-            free(want);
         }
     }
 }
@@ -1261,6 +1426,8 @@ static Suite *model_suite(void) {
     tcase_add_test(golden, test_forward_refuses_bad_batches);
     tcase_add_test(golden, test_set_threads_after_load_keeps_logits);
     tcase_add_test(golden, test_f16_and_bf16_match_f32_of_rounded_weights);
+    tcase_add_test(golden, test_narrowed_weights_equal_prerounded_file);
+    tcase_add_test(golden, test_weights_out_of_f16_range_or_mixed);
     tcase_add_test(golden, test_shards_and_name_variants_match_original);
     suite_add_tcase(s, golden);
     TCase *load = tcase_create("load");

@@ -65,6 +65,7 @@ START_TEST(test_options_defaults_are_safe) {
     ck_assert_int_eq(o.server.n_cors_origins, 0);
     ck_assert_int_eq(o.drain_timeout_s, 30);
     ck_assert(o.server.access_log);
+    ck_assert_str_eq(o.weights, "auto"); /* exact: the checkpoint's own precision */
     server_options_finish(&o);
 }
 END_TEST
@@ -72,7 +73,7 @@ END_TEST
 START_TEST(test_options_precedence_flags_over_env_over_file) {
     write_tmp("{\"_comment\": \"doc\", \"port\": 1000, \"max_body\": \"2MiB\", \"host\": "
               "\"0.0.0.0\", \"api_key\": [\"file-a\", \"file-b\"], \"strict_model\": true, "
-              "\"queue_timeout\": 5, \"kv_cache_mb\": 64}");
+              "\"queue_timeout\": 5, \"kv_cache_mb\": 64, \"weights\": \"f16\"}");
     const char *env[] = {"GPTD_PORT",
                          "2000",
                          "GPTD_MAX_BODY",
@@ -105,6 +106,7 @@ START_TEST(test_options_precedence_flags_over_env_over_file) {
     ck_assert_int_eq(o.engine.queue_timeout_ms, 2500);
     ck_assert_int_eq(o.engine.max_running, 2);
     ck_assert_uint_eq(o.engine.kv_cache_bytes, (size_t)64 << 20);
+    ck_assert_str_eq(o.weights, "f16"); /* file */
     server_options_finish(&o);
     unlink(tmp_path);
 }

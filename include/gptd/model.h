@@ -36,12 +36,30 @@ struct model_config {
 
 struct model;
 
+/* How the matmul weights (four per layer and the lm_head) are held in memory. Decode at small
+ * batches is bound by reading them, so 16-bit weights run up to twice as fast. */
+enum model_weights {
+    MODEL_WEIGHTS_AUTO = 0, /* as stored: 16-bit when every matmul weight is F16 (or every one
+                               BF16), else float32. Exact: the same logits as widening. */
+    MODEL_WEIGHTS_F32 = 1,  /* float32 */
+    MODEL_WEIGHTS_F16 = 2,  /* IEEE half; other dtypes are rounded (lossy, opt-in) */
+    MODEL_WEIGHTS_BF16 = 3, /* bfloat16; other dtypes are rounded (lossy, opt-in) */
+};
+
+/* "auto", "f32", "f16", "bf16". */
+const char *model_weights_name(enum model_weights weights);
+/* Parses one of those names; -1 when text is none of them. */
+int model_weights_parse(const char *text, enum model_weights *out);
+
 /*
  * Loads config.json and model.safetensors (or its shards) from dir. The safetensors files are
  * mmap'd and every header is validated before any tensor is used. Returns NULL on failure and
  * writes a message naming the file, the tensor and the problem into err (err_size bytes).
+ * model_load is model_load_with(dir, MODEL_WEIGHTS_AUTO, ...).
  */
 struct model *model_load(const char *dir, char *err, size_t err_size);
+struct model *model_load_with(const char *dir, enum model_weights weights, char *err,
+                              size_t err_size);
 
 /* Frees everything model_load made. NULL is a no-op. */
 void model_destroy(struct model *model);
@@ -52,6 +70,8 @@ const struct model_config *model_get_config(const struct model *model);
 /* Parameter count and bytes of weights as used by the forward pass (after any conversion). */
 size_t model_n_params(const struct model *model);
 size_t model_weight_bytes(const struct model *model);
+/* How the matmul weights ended up: F32, F16 or BF16 (never AUTO). */
+enum model_weights model_get_weights(const struct model *model);
 
 /*
  * KV cache: a pool of fixed-size blocks (KV_BLOCK_SIZE positions each, all layers), allocated once

@@ -26,6 +26,7 @@
 static const char generate_usage[] =
     "usage: gptd generate [-m MODEL_DIR] (-p TEXT | --prompt-ids 1,2,3) [-n N] [--ignore-eos]\n"
     "                     [--logprobs K] [--json] [--threads N] [--kv-cache-mb MB]\n"
+    "                     [--weights auto|f32|f16|bf16]\n"
     "  greedy continuation of the prompt (N new tokens, default 16); --json prints\n"
     "  {prompt_ids, ids, text, finish_reason, logprobs}; --logprobs K adds the top K per step\n"
     "sampling (defaults: greedy, everything else off):\n"
@@ -45,6 +46,7 @@ struct gen_args {
     int32_t n_top;
     int is_json;
     int n_threads;
+    enum model_weights weights; /* --weights, default auto */
     int32_t kv_mb;
     struct sampling_params sp; /* n_new, ignore_eos and the vocabulary are applied later */
 };
@@ -199,7 +201,8 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
                    strcmp(arg, "-p") == 0 || strcmp(arg, "--prompt") == 0 ||
                    strcmp(arg, "--prompt-ids") == 0 || strcmp(arg, "-n") == 0 ||
                    strcmp(arg, "--max-tokens") == 0 || strcmp(arg, "--logprobs") == 0 ||
-                   strcmp(arg, "--threads") == 0 || strcmp(arg, "--kv-cache-mb") == 0) {
+                   strcmp(arg, "--threads") == 0 || strcmp(arg, "--kv-cache-mb") == 0 ||
+                   strcmp(arg, "--weights") == 0) {
             if (next == NULL) {
                 return usage_error("option '%s' needs a value", arg);
             }
@@ -223,6 +226,10 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
                     return usage_error("--threads wants 1..256, not '%s'", next);
                 }
                 a->n_threads = v;
+            } else if (strcmp(arg, "--weights") == 0) {
+                if (model_weights_parse(next, &a->weights) != 0) {
+                    return usage_error("--weights wants auto, f32, f16 or bf16, not '%s'", next);
+                }
             } else {
                 if (parse_int(next, 1, 1 << 20, &a->kv_mb) != 0) {
                     return usage_error("--kv-cache-mb wants a size in MB, not '%s'", next);
@@ -340,7 +347,7 @@ int cmd_generate(int argc, char **argv) {
     if (a.n_threads > 0) {
         model_set_threads(a.n_threads);
     }
-    model = model_load(a.model_dir, err, sizeof(err));
+    model = model_load_with(a.model_dir, a.weights, err, sizeof(err));
     if (model == NULL) {
         fprintf(stderr, "gptd generate: %s\n", err);
         goto done;

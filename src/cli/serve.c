@@ -108,6 +108,12 @@ int cmd_serve(int argc, char **argv) {
         return CLI_EXIT_USAGE;
     }
     log_set_level(level);
+    enum model_weights weights;
+    if (model_weights_parse(o.weights, &weights) != 0) {
+        fprintf(stderr, "gptd serve: --weights: expected auto, f32, f16 or bf16\n");
+        server_options_finish(&o);
+        return CLI_EXIT_USAGE;
+    }
     if (o.model_dir[0] == '\0') {
         snprintf(o.model_dir, sizeof(o.model_dir), "%s", GPTD_DEFAULT_MODEL_DIR);
         log_info("no -m given: serving the default model %s (the bundled King James Bible "
@@ -158,7 +164,7 @@ int cmd_serve(int argc, char **argv) {
         log_error("%s", err);
         goto cleanup;
     }
-    model = model_load(o.model_dir, err, sizeof(err));
+    model = model_load_with(o.model_dir, weights, err, sizeof(err));
     if (model == NULL) {
         log_error("%s", err);
         goto cleanup;

@@ -8,12 +8,18 @@
  * target attribute). All three follow the same per-element order, so AVX-512 and AVX2 agree
  * with kernel_matmul_ref exactly for STORE and ADD; the exp/GELU approximations differ from
  * libm's in the last bits, which is fine because one process only ever uses one ISA.
+ *
+ * Packed weights may be float32, IEEE half or bfloat16 (enum kernel_wtype). Half and bfloat16
+ * are widened to float32 in registers right after the load (exact), so a 16-bit weight gives the
+ * same bytes as its float32 value would, at half the memory traffic.
  */
 #include "kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "half.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -45,7 +51,9 @@ int kernel_isa_supported(enum kernel_isa isa) {
     case KERNEL_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
     case KERNEL_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        /* F16C (half -> float) came with Ivy Bridge; every AVX2 CPU has it, but ask anyway. */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     case KERNEL_ISA_SCALAR:
         return 1;
     }
@@ -106,18 +114,32 @@ void kernel_matmul_ref(const float *x, size_t ldx, const float *w, const float *
     }
 }
 
+float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, size_t i) {
+    switch (wt) {
+    case KERNEL_W_F16:
+        return half_f16_to_f32(((const uint16_t *)w_packed)[i]);
+    case KERNEL_W_BF16:
+        return half_bf16_to_f32(((const uint16_t *)w_packed)[i]);
+    case KERNEL_W_F32:
+        break;
+    }
+    return ((const float *)w_packed)[i];
+}
+
 /* Portable path: the reference arithmetic over the packed layout. */
-static void matmul_scalar(const float *x, size_t ldx, const float *w_packed, const float *bias,
-                          float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
-                          int32_t p_end, enum kernel_epilogue epilogue) {
+static void matmul_scalar(const float *x, size_t ldx, const void *w_packed, enum kernel_wtype wt,
+                          const float *bias, float *out, size_t ldo, int32_t m, int32_t k,
+                          int32_t n, int32_t p_begin, int32_t p_end,
+                          enum kernel_epilogue epilogue) {
     for (int32_t p = p_begin; p < p_end; p++) {
-        const float *wp = w_packed + (size_t)p * (size_t)k * KERNEL_NR;
+        size_t wp = (size_t)p * (size_t)k * KERNEL_NR;
         int32_t n_cols = n - p * KERNEL_NR < KERNEL_NR ? n - p * KERNEL_NR : KERNEL_NR;
         for (int32_t i = 0; i < m; i++) {
             for (int32_t j = 0; j < n_cols; j++) {
                 float acc = 0.0f;
                 for (int32_t kk = 0; kk < k; kk++) {
-                    acc = fmaf(x[(size_t)i * ldx + kk], wp[(size_t)kk * KERNEL_NR + j], acc);
+                    float wv = kernel_packed_get(wt, w_packed, wp + (size_t)kk * KERNEL_NR + j);
+                    acc = fmaf(x[(size_t)i * ldx + kk], wv, acc);
                 }
                 int32_t col = p * KERNEL_NR + j;
                 float *dst = &out[(size_t)i * ldo + col];
@@ -130,7 +152,7 @@ static void matmul_scalar(const float *x, size_t ldx, const float *w_packed, con
 #if HAVE_X86
 
 #define T512   __attribute__((target("avx512f,fma")))
-#define T256   __attribute__((target("avx2,fma")))
+#define T256   __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
 /* exp(x) for x in float range: Cephes-style range reduction and degree-6 polynomial, ~1 ulp. */
@@ -158,11 +180,23 @@ INLINE T512 __m512 gelu512(__m512 x) {
     return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
-/* One MR x 64 tile: out[0..mr) x [0..n_cols) of the panel at wp. mr is a constant after
+/* 16 packed weights at element i of wp, widened to float32. wt is a constant after inlining. */
+INLINE T512 __m512 wload512(enum kernel_wtype wt, const void *wp, size_t i) {
+    if (wt == KERNEL_W_F32) {
+        return _mm512_load_ps((const float *)wp + i);
+    }
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)wp + i));
+    if (wt == KERNEL_W_F16) {
+        return _mm512_cvtph_ps(h);
+    }
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* One MR x 64 tile: out[0..mr) x [0..n_cols) of the panel at wp. mr and wt are constants after
  * inlining, so the accumulators live in registers. */
-INLINE T512 void tile512(const int mr, const float *x, size_t ldx, const float *wp, int32_t k,
-                         const float *bias, float *out, size_t ldo, int32_t n_cols,
-                         enum kernel_epilogue epilogue) {
+INLINE T512 void tile512(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
+                         const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
+                         int32_t n_cols, enum kernel_epilogue epilogue) {
     __m512 acc[MR_512][4];
     for (int i = 0; i < mr; i++) {
         for (int j = 0; j < 4; j++) {
@@ -170,11 +204,11 @@ INLINE T512 void tile512(const int mr, const float *x, size_t ldx, const float *
         }
     }
     for (int32_t kk = 0; kk < k; kk++) {
-        const float *wk = wp + (size_t)kk * KERNEL_NR;
-        __m512 w0 = _mm512_load_ps(wk);
-        __m512 w1 = _mm512_load_ps(wk + 16);
-        __m512 w2 = _mm512_load_ps(wk + 32);
-        __m512 w3 = _mm512_load_ps(wk + 48);
+        size_t wk = (size_t)kk * KERNEL_NR;
+        __m512 w0 = wload512(wt, wp, wk);
+        __m512 w1 = wload512(wt, wp, wk + 16);
+        __m512 w2 = wload512(wt, wp, wk + 32);
+        __m512 w3 = wload512(wt, wp, wk + 48);
         for (int i = 0; i < mr; i++) {
             __m512 xv = _mm512_set1_ps(x[(size_t)i * ldx + kk]);
             acc[i][0] = _mm512_fmadd_ps(xv, w0, acc[i][0]);
@@ -204,11 +238,14 @@ INLINE T512 void tile512(const int mr, const float *x, size_t ldx, const float *
     }
 }
 
-static T512 void matmul512(const float *x, size_t ldx, const float *w_packed, const float *bias,
-                           float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
-                           int32_t p_end, enum kernel_epilogue epilogue) {
+/* The panels [p_begin, p_end) for one weight type (a constant after inlining). */
+INLINE T512 void matmul512_wt(enum kernel_wtype wt, const float *x, size_t ldx,
+                              const void *w_packed, const float *bias, float *out, size_t ldo,
+                              int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
+                              enum kernel_epilogue epilogue) {
+    size_t w_size = wt == KERNEL_W_F32 ? sizeof(float) : sizeof(uint16_t);
     for (int32_t p = p_begin; p < p_end; p++) {
-        const float *wp = w_packed + (size_t)p * (size_t)k * KERNEL_NR;
+        const void *wp = (const char *)w_packed + (size_t)p * (size_t)k * KERNEL_NR * w_size;
         int32_t c0 = p * KERNEL_NR;
         int32_t n_cols = n - c0 < KERNEL_NR ? n - c0 : KERNEL_NR;
         const float *b = bias != NULL ? bias + c0 : NULL;
@@ -217,25 +254,45 @@ static T512 void matmul512(const float *x, size_t ldx, const float *w_packed, co
             float *oi = out + (size_t)i * ldo + c0;
             switch (m - i >= MR_512 ? MR_512 : m - i) {
             case 6:
-                tile512(6, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                tile512(6, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                 break;
             case 5:
-                tile512(5, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                tile512(5, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                 break;
             case 4:
-                tile512(4, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                tile512(4, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                 break;
             case 3:
-                tile512(3, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                tile512(3, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                 break;
             case 2:
-                tile512(2, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                tile512(2, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                 break;
             default:
-                tile512(1, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                tile512(1, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                 break;
             }
         }
+    }
+}
+
+static T512 void matmul512(const float *x, size_t ldx, const void *w_packed, enum kernel_wtype wt,
+                           const float *bias, float *out, size_t ldo, int32_t m, int32_t k,
+                           int32_t n, int32_t p_begin, int32_t p_end,
+                           enum kernel_epilogue epilogue) {
+    switch (wt) {
+    case KERNEL_W_F16:
+        matmul512_wt(KERNEL_W_F16, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
+                     epilogue);
+        break;
+    case KERNEL_W_BF16:
+        matmul512_wt(KERNEL_W_BF16, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
+                     epilogue);
+        break;
+    case KERNEL_W_F32:
+        matmul512_wt(KERNEL_W_F32, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
+                     epilogue);
+        break;
     }
 }
 
@@ -360,10 +417,22 @@ INLINE T256 __m256 gelu256(__m256 x) {
     return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
+/* 8 packed weights at element i of wp, widened to float32. wt is a constant after inlining. */
+INLINE T256 __m256 wload256(enum kernel_wtype wt, const void *wp, size_t i) {
+    if (wt == KERNEL_W_F32) {
+        return _mm256_load_ps((const float *)wp + i);
+    }
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)wp + i));
+    if (wt == KERNEL_W_F16) {
+        return _mm256_cvtph_ps(h);
+    }
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 /* One MR x 32 tile (half a panel; wp already offset to the half, rows still 64 apart). */
-INLINE T256 void tile256(const int mr, const float *x, size_t ldx, const float *wp, int32_t k,
-                         const float *bias, float *out, size_t ldo, int32_t n_cols,
-                         enum kernel_epilogue epilogue) {
+INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
+                         const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
+                         int32_t n_cols, enum kernel_epilogue epilogue) {
     __m256 acc[MR_256][4];
     for (int i = 0; i < mr; i++) {
         for (int j = 0; j < 4; j++) {
@@ -371,11 +440,11 @@ INLINE T256 void tile256(const int mr, const float *x, size_t ldx, const float *
         }
     }
     for (int32_t kk = 0; kk < k; kk++) {
-        const float *wk = wp + (size_t)kk * KERNEL_NR;
-        __m256 w0 = _mm256_load_ps(wk);
-        __m256 w1 = _mm256_load_ps(wk + 8);
-        __m256 w2 = _mm256_load_ps(wk + 16);
-        __m256 w3 = _mm256_load_ps(wk + 24);
+        size_t wk = (size_t)kk * KERNEL_NR;
+        __m256 w0 = wload256(wt, wp, wk);
+        __m256 w1 = wload256(wt, wp, wk + 8);
+        __m256 w2 = wload256(wt, wp, wk + 16);
+        __m256 w3 = wload256(wt, wp, wk + 24);
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_broadcast_ss(x + (size_t)i * ldx + kk);
             acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);
@@ -417,16 +486,19 @@ INLINE T256 void tile256(const int mr, const float *x, size_t ldx, const float *
     }
 }
 
-static T256 void matmul256(const float *x, size_t ldx, const float *w_packed, const float *bias,
-                           float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
-                           int32_t p_end, enum kernel_epilogue epilogue) {
+INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
+                              const void *w_packed, const float *bias, float *out, size_t ldo,
+                              int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
+                              enum kernel_epilogue epilogue) {
+    size_t w_size = wt == KERNEL_W_F32 ? sizeof(float) : sizeof(uint16_t);
     for (int32_t p = p_begin; p < p_end; p++) {
         for (int32_t half = 0; half < 2; half++) {
             int32_t c0 = p * KERNEL_NR + half * 32;
             if (c0 >= n) {
                 break;
             }
-            const float *wp = w_packed + (size_t)p * (size_t)k * KERNEL_NR + half * 32;
+            const void *wp = (const char *)w_packed +
+                             ((size_t)p * (size_t)k * KERNEL_NR + (size_t)half * 32) * w_size;
             int32_t n_cols = n - c0 < 32 ? n - c0 : 32;
             const float *b = bias != NULL ? bias + c0 : NULL;
             for (int32_t i = 0; i < m; i += MR_256) {
@@ -434,17 +506,37 @@ static T256 void matmul256(const float *x, size_t ldx, const float *w_packed, co
                 float *oi = out + (size_t)i * ldo + c0;
                 switch (m - i >= MR_256 ? MR_256 : m - i) {
                 case 3:
-                    tile256(3, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(3, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 2:
-                    tile256(2, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(2, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 default:
-                    tile256(1, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(1, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 }
             }
         }
+    }
+}
+
+static T256 void matmul256(const float *x, size_t ldx, const void *w_packed, enum kernel_wtype wt,
+                           const float *bias, float *out, size_t ldo, int32_t m, int32_t k,
+                           int32_t n, int32_t p_begin, int32_t p_end,
+                           enum kernel_epilogue epilogue) {
+    switch (wt) {
+    case KERNEL_W_F16:
+        matmul256_wt(KERNEL_W_F16, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
+                     epilogue);
+        break;
+    case KERNEL_W_BF16:
+        matmul256_wt(KERNEL_W_BF16, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
+                     epilogue);
+        break;
+    case KERNEL_W_F32:
+        matmul256_wt(KERNEL_W_F32, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
+                     epilogue);
+        break;
     }
 }
 
@@ -519,21 +611,22 @@ static T256 void gelu_inplace256(float *x, size_t n) {
 
 #endif /* HAVE_X86 */
 
-void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const float *w_packed,
-                   const float *bias, float *out, size_t ldo, int32_t m, int32_t k, int32_t n,
-                   int32_t p_begin, int32_t p_end, enum kernel_epilogue epilogue) {
+void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *w_packed,
+                   enum kernel_wtype wt, const float *bias, float *out, size_t ldo, int32_t m,
+                   int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
+                   enum kernel_epilogue epilogue) {
 #if HAVE_X86
     if (isa == KERNEL_ISA_AVX512) {
-        matmul512(x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+        matmul512(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
         return;
     }
     if (isa == KERNEL_ISA_AVX2) {
-        matmul256(x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+        matmul256(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
         return;
     }
 #endif
     (void)isa;
-    matmul_scalar(x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+    matmul_scalar(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
 }
 
 float kernel_dot(enum kernel_isa isa, const float *a, const float *b, int32_t n) {

@@ -30,6 +30,18 @@ enum kernel_isa {
     KERNEL_ISA_AVX512 = 2, /* AVX-512F */
 };
 
+/* How packed weights are stored. 16-bit weights are widened to float32 in registers (exact),
+ * so the arithmetic, and every byte of the result, is that of their float32 values. */
+enum kernel_wtype {
+    KERNEL_W_F32 = 0,
+    KERNEL_W_F16 = 1,  /* IEEE 754 binary16 */
+    KERNEL_W_BF16 = 2, /* bfloat16: the top half of a float32 */
+};
+
+static inline size_t kernel_wtype_size(enum kernel_wtype wt) {
+    return wt == KERNEL_W_F32 ? 4 : 2;
+}
+
 enum kernel_epilogue {
     KERNEL_EPILOGUE_STORE = 0,     /* out = acc + bias */
     KERNEL_EPILOGUE_ADD = 1,       /* out = out + (acc + bias): the residual add */
@@ -46,7 +58,7 @@ const char *kernel_isa_name(enum kernel_isa isa);
 static inline int32_t kernel_n_panels(int32_t n) {
     return (n + KERNEL_NR - 1) / KERNEL_NR;
 }
-/* Floats of a packed (K, N) weight. */
+/* Elements of a packed (K, N) weight (times kernel_wtype_size for its bytes). */
 static inline size_t kernel_packed_floats(int32_t k, int32_t n) {
     return (size_t)kernel_n_panels(n) * (size_t)k * KERNEL_NR;
 }
@@ -58,12 +70,17 @@ static inline size_t kernel_packed_index(int32_t k_dim, int32_t k, int32_t n) {
 
 /*
  * out (M, N) [epilogue] x (M, K) @ W (K, N) + bias (N,), for output columns of panels
- * [p_begin, p_end) only (callers split panels across threads). w_packed is 64-byte aligned;
- * bias may be NULL (zero). Rows of x and out are ldx / ldo floats apart.
+ * [p_begin, p_end) only (callers split panels across threads). w_packed holds elements of type
+ * wt and is 64-byte aligned; bias may be NULL (zero). Rows of x and out are ldx / ldo floats
+ * apart.
  */
-void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const float *w_packed,
-                   const float *bias, float *out, size_t ldo, int32_t m, int32_t k, int32_t n,
-                   int32_t p_begin, int32_t p_end, enum kernel_epilogue epilogue);
+void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *w_packed,
+                   enum kernel_wtype wt, const float *bias, float *out, size_t ldo, int32_t m,
+                   int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
+                   enum kernel_epilogue epilogue);
+
+/* Element i of a packed weight of type wt, as float32 (exact). */
+float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, size_t i);
 
 /* The reference: W row-major (K, N), unpacked; same arithmetic as kernel_matmul, written
  * naively. GELU uses kernel_gelu_tanh_ref, so only STORE and ADD are bit-comparable. */

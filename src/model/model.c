@@ -1,15 +1,19 @@
 /*
  * model.c: loads a Hugging Face GPT-2 directory (config.json + safetensors, single file or
- * shards) into packed float32 weights, and runs the batched forward pass over a ragged batch
- * with a paged KV cache (contract in include/gptd/model.h).
+ * shards) into packed weights, and runs the batched forward pass over a ragged batch with a
+ * paged KV cache (contract in include/gptd/model.h).
  *
  * DESIGN
  * - Load: every safetensors file is mmap'd and validated (safetensors.c) before any tensor is
  *   bound; each tensor is then matched by name (with or without "transformer.") and shape
- *   against the config and converted (F16/BF16 -> F32) into one 64-byte-aligned allocation. The
- *   four matmul weights per layer and the lm_head are packed into KERNEL_NR-column panels
- *   (kernels.h); the mappings are closed once packing is done. With tied embeddings the only
- *   copy of wte is the packed lm_head, and the embedding lookup gathers a row from it.
+ *   against the config and copied into one 64-byte-aligned allocation. The four matmul weights
+ *   per layer and the lm_head are packed into KERNEL_NR-column panels (kernels.h) of one element
+ *   type for the whole model: by default the checkpoint's own when every matmul weight is F16
+ *   (or every one BF16) -- the kernels widen them in registers, exactly, at half the memory
+ *   traffic of float32 -- and float32 otherwise; model_load_with can force float32 or narrow to
+ *   F16/BF16. Everything else (LayerNorms, biases, wpe, an untied wte) is float32. The mappings
+ *   are closed once packing is done. With tied embeddings the only copy of wte is the packed
+ *   lm_head, and the embedding lookup gathers a row from it.
  * - Forward (engine thread): rows of all sequences are stacked into one (N, C) residual
  *   stream. Each weight matmul is ONE kernel call over all N rows, split across the pool by
  *   column panels; attention runs per (sequence, head) over that sequence's KV blocks; the
@@ -34,6 +38,7 @@
 
 #include "config.h"
 #include "gptd/util.h"
+#include "half.h"
 #include "kernels.h"
 #include "kv_cache_internal.h"
 #include "pool.h"
@@ -44,26 +49,27 @@
 struct layer_weights {
     const float *ln1_w;      /* (C,) */
     const float *ln1_b;      /* (C,) */
-    const float *w_qkv;      /* packed (C, 3C): Conv1D (in, out); q, k, v side by side */
+    const void *w_qkv;       /* packed (C, 3C): Conv1D (in, out); q, k, v side by side */
     const float *b_qkv;      /* (3C,) */
-    const float *w_attn_out; /* packed (C, C) */
+    const void *w_attn_out;  /* packed (C, C) */
     const float *b_attn_out; /* (C,) */
     const float *ln2_w;      /* (C,) */
     const float *ln2_b;      /* (C,) */
-    const float *w_fc;       /* packed (C, F), F = n_inner */
+    const void *w_fc;        /* packed (C, F), F = n_inner */
     const float *b_fc;       /* (F,) */
-    const float *w_mlp_out;  /* packed (F, C) */
+    const void *w_mlp_out;   /* packed (F, C) */
     const float *b_mlp_out;  /* (C,) */
 };
 
 struct model {
     struct model_config config;
-    float *weights; /* the one allocation every pointer below points into */
+    void *weights; /* the one allocation every pointer below points into */
     size_t weight_bytes;
+    enum kernel_wtype wtype; /* of every packed weight */
     size_t n_params;
     const float *wte;             /* (V, C) when lm_head is untied; NULL when tied (use lm_head) */
     const float *wpe;             /* (n_ctx, C) */
-    const float *lm_head;         /* packed (C, V): lm_head.weight, or wte when tied */
+    const void *lm_head;          /* packed (C, V): lm_head.weight, or wte when tied */
     const float *lnf_w;           /* (C,) */
     const float *lnf_b;           /* (C,) */
     struct layer_weights *layers; /* (L,) */
@@ -148,8 +154,8 @@ struct spec {
     int64_t shape[2];
     enum spec_kind kind;
     int is_optional;
-    size_t offset; /* floats into model->weights */
-    size_t n_floats;
+    size_t n_elements; /* in the allocation: packed ones include the padding; 0 = not stored */
+    size_t offset;     /* bytes into model->weights */
     const struct st_tensor *tensor; /* bound while loading */
     const char *file;               /* the file it was found in */
 };
@@ -158,9 +164,13 @@ static size_t round_up16(size_t n) {
     return (n + 15) / 16 * 16;
 }
 
-/* Appends a spec and reserves its place in the weight allocation. */
-static struct spec *add_spec(struct spec *specs, int32_t *n_specs, size_t *total_floats,
-                             const char *name, int64_t d0, int64_t d1, enum spec_kind kind) {
+static size_t round_up64(size_t n) {
+    return (n + 63) / 64 * 64;
+}
+
+/* Appends a spec (its place in the weight allocation comes once the element type is known). */
+static struct spec *add_spec(struct spec *specs, int32_t *n_specs, const char *name, int64_t d0,
+                             int64_t d1, enum spec_kind kind) {
     struct spec *s = &specs[(*n_specs)++];
     memset(s, 0, sizeof(*s));
     snprintf(s->name, sizeof(s->name), "%s", name);
@@ -169,14 +179,12 @@ static struct spec *add_spec(struct spec *specs, int32_t *n_specs, size_t *total
     s->shape[1] = d1;
     s->kind = kind;
     if (kind == SPEC_PACK_IN_OUT) {
-        s->n_floats = kernel_packed_floats((int32_t)d0, (int32_t)d1);
+        s->n_elements = kernel_packed_floats((int32_t)d0, (int32_t)d1);
     } else if (kind == SPEC_PACK_TRANSPOSE) {
-        s->n_floats = kernel_packed_floats((int32_t)d1, (int32_t)d0);
+        s->n_elements = kernel_packed_floats((int32_t)d1, (int32_t)d0);
     } else {
-        s->n_floats = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+        s->n_elements = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
     }
-    s->offset = *total_floats;
-    *total_floats += round_up16(s->n_floats);
     return s;
 }
 
@@ -250,25 +258,48 @@ static int bind_file(const struct st_file *file, struct spec *specs, int32_t n_s
     return 0;
 }
 
-static void convert_spec(const struct spec *s, float *dst) {
-    const struct st_tensor *t = s->tensor;
-    if (s->kind == SPEC_PLAIN) {
-        if (t->dtype == ST_DTYPE_F32) {
-            memcpy(dst, t->data, t->n_elements * sizeof(float));
-        } else {
-            for (size_t i = 0; i < t->n_elements; i++) {
-                dst[i] = st_tensor_get(t, i);
-            }
-        }
+/* Element i of the tensor as a packed weight of type wt: a raw copy when the dtypes agree,
+ * else converted (widening is exact; narrowing rounds to nearest even). */
+static void put_packed(const struct st_tensor *t, size_t i, enum kernel_wtype wt, void *dst,
+                       size_t j) {
+    if (wt == KERNEL_W_F32) {
+        ((float *)dst)[j] = st_tensor_get(t, i);
         return;
     }
-    memset(dst, 0, s->n_floats * sizeof(float)); /* zero padding past N */
+    uint16_t h;
+    if ((wt == KERNEL_W_F16 && t->dtype == ST_DTYPE_F16) ||
+        (wt == KERNEL_W_BF16 && t->dtype == ST_DTYPE_BF16)) {
+        memcpy(&h, t->data + i * 2, 2); /* the data area has no alignment guarantee */
+    } else {
+        float v = st_tensor_get(t, i);
+        h = wt == KERNEL_W_F16 ? half_f32_to_f16(v) : half_f32_to_bf16(v);
+    }
+    ((uint16_t *)dst)[j] = h;
+}
+
+/* Copies (and packs) one tensor. Fails only when narrowing to F16 turns a finite weight into
+ * an infinity (|w| > 65504), which would compute garbage. */
+static int convert_spec(const struct spec *s, enum kernel_wtype wt, void *dst, char *err,
+                        size_t err_size) {
+    const struct st_tensor *t = s->tensor;
+    if (s->kind == SPEC_PLAIN) {
+        float *out = dst;
+        if (t->dtype == ST_DTYPE_F32) {
+            memcpy(out, t->data, t->n_elements * sizeof(float));
+        } else {
+            for (size_t i = 0; i < t->n_elements; i++) {
+                out[i] = st_tensor_get(t, i);
+            }
+        }
+        return 0;
+    }
+    memset(dst, 0, s->n_elements * kernel_wtype_size(wt)); /* zero padding past N */
     if (s->kind == SPEC_PACK_IN_OUT) {
         int32_t k_dim = (int32_t)s->shape[0];
         int32_t n_dim = (int32_t)s->shape[1];
         for (int32_t k = 0; k < k_dim; k++) {
             for (int32_t n = 0; n < n_dim; n++) {
-                dst[kernel_packed_index(k_dim, k, n)] = st_tensor_get(t, (size_t)k * n_dim + n);
+                put_packed(t, (size_t)k * n_dim + n, wt, dst, kernel_packed_index(k_dim, k, n));
             }
         }
     } else {
@@ -276,10 +307,54 @@ static void convert_spec(const struct spec *s, float *dst) {
         int32_t k_dim = (int32_t)s->shape[1];
         for (int32_t n = 0; n < n_dim; n++) {
             for (int32_t k = 0; k < k_dim; k++) {
-                dst[kernel_packed_index(k_dim, k, n)] = st_tensor_get(t, (size_t)n * k_dim + k);
+                put_packed(t, (size_t)n * k_dim + k, wt, dst, kernel_packed_index(k_dim, k, n));
             }
         }
     }
+    if (wt == KERNEL_W_F16 && t->dtype != ST_DTYPE_F16) {
+        for (size_t i = 0; i < s->n_elements; i++) {
+            if (isinf(kernel_packed_get(wt, dst, i))) {
+                snprintf(err, err_size,
+                         "%s: tensor '%s' has weights beyond float16's range (65504); "
+                         "load it as f32 or bf16",
+                         s->file, s->tensor->name);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The packed element type: asked for, or (AUTO) the checkpoint's when every packed tensor is
+ * F16, or every one BF16 (keeping them 16-bit is exact), else float32. */
+static enum kernel_wtype choose_wtype(const struct spec *specs, int32_t n_specs,
+                                      enum model_weights want) {
+    switch (want) {
+    case MODEL_WEIGHTS_F32:
+        return KERNEL_W_F32;
+    case MODEL_WEIGHTS_F16:
+        return KERNEL_W_F16;
+    case MODEL_WEIGHTS_BF16:
+        return KERNEL_W_BF16;
+    case MODEL_WEIGHTS_AUTO:
+        break;
+    }
+    int n_f16 = 0, n_bf16 = 0, n_packed = 0;
+    for (int32_t i = 0; i < n_specs; i++) {
+        if (specs[i].kind == SPEC_PLAIN || specs[i].n_elements == 0) {
+            continue;
+        }
+        n_packed++;
+        n_f16 += specs[i].tensor->dtype == ST_DTYPE_F16;
+        n_bf16 += specs[i].tensor->dtype == ST_DTYPE_BF16;
+    }
+    if (n_packed > 0 && n_f16 == n_packed) {
+        return KERNEL_W_F16;
+    }
+    if (n_packed > 0 && n_bf16 == n_packed) {
+        return KERNEL_W_BF16;
+    }
+    return KERNEL_W_F32;
 }
 
 /* Reads model.safetensors.index.json: the distinct shard file names, in first-seen order. Also
@@ -352,7 +427,38 @@ static int file_has_tensor(const struct st_file *file, const char *name) {
     return 0;
 }
 
+const char *model_weights_name(enum model_weights weights) {
+    switch (weights) {
+    case MODEL_WEIGHTS_F32:
+        return "f32";
+    case MODEL_WEIGHTS_F16:
+        return "f16";
+    case MODEL_WEIGHTS_BF16:
+        return "bf16";
+    case MODEL_WEIGHTS_AUTO:
+        break;
+    }
+    return "auto";
+}
+
+int model_weights_parse(const char *text, enum model_weights *out) {
+    static const enum model_weights all[] = {MODEL_WEIGHTS_AUTO, MODEL_WEIGHTS_F32,
+                                             MODEL_WEIGHTS_F16, MODEL_WEIGHTS_BF16};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        if (strcmp(text, model_weights_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    }
+    return -1;
+}
+
 struct model *model_load(const char *dir, char *err, size_t err_size) {
+    return model_load_with(dir, MODEL_WEIGHTS_AUTO, err, err_size);
+}
+
+struct model *model_load_with(const char *dir, enum model_weights weights, char *err,
+                              size_t err_size) {
     struct model *model = NULL;
     struct st_file *files[MODEL_MAX_SHARDS] = {0};
     int32_t n_files = 0;
@@ -389,10 +495,9 @@ struct model *model_load(const char *dir, char *err, size_t err_size) {
         goto fail;
     }
     int32_t n_specs = 0;
-    size_t total = 0;
-    struct spec *s_wte = add_spec(specs, &n_specs, &total, "wte.weight", V, C,
+    struct spec *s_wte = add_spec(specs, &n_specs, "wte.weight", V, C,
                                   ext.is_tied ? SPEC_PACK_TRANSPOSE : SPEC_PLAIN);
-    add_spec(specs, &n_specs, &total, "wpe.weight", cfg->n_ctx, C, SPEC_PLAIN);
+    add_spec(specs, &n_specs, "wpe.weight", cfg->n_ctx, C, SPEC_PLAIN);
     for (int32_t l = 0; l < L; l++) {
         char name[64];
         const struct {
@@ -415,20 +520,18 @@ struct model *model_load(const char *dir, char *err, size_t err_size) {
         };
         for (size_t i = 0; i < sizeof(per_layer) / sizeof(per_layer[0]); i++) {
             snprintf(name, sizeof(name), "h.%d.%s", l, per_layer[i].suffix);
-            add_spec(specs, &n_specs, &total, name, per_layer[i].d0, per_layer[i].d1,
-                     per_layer[i].kind);
+            add_spec(specs, &n_specs, name, per_layer[i].d0, per_layer[i].d1, per_layer[i].kind);
         }
     }
-    add_spec(specs, &n_specs, &total, "ln_f.weight", C, 0, SPEC_PLAIN);
-    add_spec(specs, &n_specs, &total, "ln_f.bias", C, 0, SPEC_PLAIN);
+    add_spec(specs, &n_specs, "ln_f.weight", C, 0, SPEC_PLAIN);
+    add_spec(specs, &n_specs, "ln_f.bias", C, 0, SPEC_PLAIN);
     struct spec *s_lm = NULL;
     if (!ext.is_tied) {
-        s_lm = add_spec(specs, &n_specs, &total, "lm_head.weight", V, C, SPEC_PACK_TRANSPOSE);
+        s_lm = add_spec(specs, &n_specs, "lm_head.weight", V, C, SPEC_PACK_TRANSPOSE);
     } else {
         /* Tied: a file may still carry lm_head.weight (a copy of wte); accept and ignore it. */
-        struct spec *s = add_spec(specs, &n_specs, &total, "lm_head.weight", V, C, SPEC_PLAIN);
-        total -= round_up16(s->n_floats);
-        s->n_floats = 0;
+        struct spec *s = add_spec(specs, &n_specs, "lm_head.weight", V, C, SPEC_PLAIN);
+        s->n_elements = 0;
         s->is_optional = 1;
     }
 
@@ -482,40 +585,51 @@ struct model *model_load(const char *dir, char *err, size_t err_size) {
     }
 
     model->config = *cfg;
-    model->weight_bytes = total * sizeof(float);
+    model->wtype = choose_wtype(specs, n_specs, weights);
+    size_t total = 0;
+    for (int32_t i = 0; i < n_specs; i++) {
+        size_t size = specs[i].kind == SPEC_PLAIN ? sizeof(float) : kernel_wtype_size(model->wtype);
+        specs[i].offset = total;
+        total += round_up64(specs[i].n_elements * size);
+    }
+    model->weight_bytes = total;
     model->weights = aligned_alloc(64, model->weight_bytes);
     if (model->weights == NULL) {
         snprintf(err, err_size, "out of memory for %zu bytes of weights", model->weight_bytes);
         goto fail;
     }
+    unsigned char *w = model->weights;
     for (int32_t i = 0; i < n_specs; i++) {
-        if (specs[i].n_floats > 0) {
-            convert_spec(&specs[i], model->weights + specs[i].offset);
+        if (specs[i].n_elements > 0) {
+            if (convert_spec(&specs[i], model->wtype, w + specs[i].offset, err, err_size) != 0) {
+                goto fail;
+            }
             model->n_params += specs[i].tensor->n_elements;
         }
     }
-    const float *w = model->weights;
-    model->wte = ext.is_tied ? NULL : w + s_wte->offset;
-    model->lm_head = w + (ext.is_tied ? s_wte->offset : s_lm->offset);
-    model->wpe = w + specs[1].offset;
+#define WEIGHT_AT(spec) ((const void *)(w + (spec).offset))
+    model->wte = ext.is_tied ? NULL : WEIGHT_AT(*s_wte);
+    model->lm_head = WEIGHT_AT(ext.is_tied ? *s_wte : *s_lm);
+    model->wpe = WEIGHT_AT(specs[1]);
     for (int32_t l = 0; l < L; l++) {
         const struct spec *s = &specs[2 + 12 * l];
         struct layer_weights *lw = &model->layers[l];
-        lw->ln1_w = w + s[0].offset;
-        lw->ln1_b = w + s[1].offset;
-        lw->w_qkv = w + s[2].offset;
-        lw->b_qkv = w + s[3].offset;
-        lw->w_attn_out = w + s[4].offset;
-        lw->b_attn_out = w + s[5].offset;
-        lw->ln2_w = w + s[6].offset;
-        lw->ln2_b = w + s[7].offset;
-        lw->w_fc = w + s[8].offset;
-        lw->b_fc = w + s[9].offset;
-        lw->w_mlp_out = w + s[10].offset;
-        lw->b_mlp_out = w + s[11].offset;
+        lw->ln1_w = WEIGHT_AT(s[0]);
+        lw->ln1_b = WEIGHT_AT(s[1]);
+        lw->w_qkv = WEIGHT_AT(s[2]);
+        lw->b_qkv = WEIGHT_AT(s[3]);
+        lw->w_attn_out = WEIGHT_AT(s[4]);
+        lw->b_attn_out = WEIGHT_AT(s[5]);
+        lw->ln2_w = WEIGHT_AT(s[6]);
+        lw->ln2_b = WEIGHT_AT(s[7]);
+        lw->w_fc = WEIGHT_AT(s[8]);
+        lw->b_fc = WEIGHT_AT(s[9]);
+        lw->w_mlp_out = WEIGHT_AT(s[10]);
+        lw->b_mlp_out = WEIGHT_AT(s[11]);
     }
-    model->lnf_w = w + specs[2 + 12 * L].offset;
-    model->lnf_b = w + specs[3 + 12 * L].offset;
+    model->lnf_w = WEIGHT_AT(specs[2 + 12 * L]);
+    model->lnf_b = WEIGHT_AT(specs[3 + 12 * L]);
+#undef WEIGHT_AT
     model->isa = kernel_isa_best();
     model->holds_pool = pool_acquire();
     if (!model->holds_pool) {
@@ -523,13 +637,14 @@ struct model *model_load(const char *dir, char *err, size_t err_size) {
         goto fail;
     }
     log_info("model %s: %d layers, %d heads, n_embd %d, n_inner %d, context %d, vocab %d, "
-             "%s; %.2fM parameters (%s, %d file%s), %.1f MiB of float32 weights; %s kernels, "
-             "%d threads",
+             "%s; %.2fM parameters (%s, %d file%s), %.1f MiB of weights (matmuls in %s); %s "
+             "kernels, %d threads",
              dir, cfg->n_layer, cfg->n_head, cfg->n_embd, cfg->n_inner, cfg->n_ctx, cfg->n_vocab,
              cfg->activation == MODEL_ACT_GELU_TANH ? "gelu_new" : "gelu",
              (double)model->n_params / 1e6, s_wte->tensor->dtype_name, n_files,
              n_files == 1 ? "" : "s", (double)model->weight_bytes / (1024.0 * 1024.0),
-             kernel_isa_name(model->isa), pool_n_threads(cur_pool()));
+             model_weights_name(model_get_weights(model)), kernel_isa_name(model->isa),
+             pool_n_threads(cur_pool()));
     for (int32_t i = 0; i < n_files; i++) {
         st_file_close(files[i]);
     }
@@ -571,6 +686,18 @@ size_t model_n_params(const struct model *model) {
 
 size_t model_weight_bytes(const struct model *model) {
     return model->weight_bytes;
+}
+
+enum model_weights model_get_weights(const struct model *model) {
+    switch (model->wtype) {
+    case KERNEL_W_F16:
+        return MODEL_WEIGHTS_F16;
+    case KERNEL_W_BF16:
+        return MODEL_WEIGHTS_BF16;
+    case KERNEL_W_F32:
+        break;
+    }
+    return MODEL_WEIGHTS_F32;
 }
 
 /* ---- scratch ---- */
@@ -654,7 +781,7 @@ struct fwd {
     int32_t layer;
     /* the matmul being split across the pool */
     const float *mm_x;
-    const float *mm_w;
+    const void *mm_w;
     const float *mm_b;
     float *mm_out;
     size_t mm_ldo;
@@ -674,12 +801,12 @@ static void matmul_task(void *ctx, int32_t i_task, int32_t i_thread) {
     int32_t n_panels = kernel_n_panels(f->mm_n);
     int32_t p0 = (int32_t)((int64_t)n_panels * i_task / f->mm_n_tasks);
     int32_t p1 = (int32_t)((int64_t)n_panels * (i_task + 1) / f->mm_n_tasks);
-    kernel_matmul(f->model->isa, f->mm_x, (size_t)f->mm_k, f->mm_w, f->mm_b, f->mm_out, f->mm_ldo,
-                  f->mm_m, f->mm_k, f->mm_n, p0, p1, f->mm_epilogue);
+    kernel_matmul(f->model->isa, f->mm_x, (size_t)f->mm_k, f->mm_w, f->model->wtype, f->mm_b,
+                  f->mm_out, f->mm_ldo, f->mm_m, f->mm_k, f->mm_n, p0, p1, f->mm_epilogue);
 }
 
 /* out (m, n) [epilogue] x (m, k) @ W + b over the pool, split by column panels. */
-static void matmul(struct fwd *f, const float *x, const float *w, const float *b, float *out,
+static void matmul(struct fwd *f, const float *x, const void *w, const float *b, float *out,
                    size_t ldo, int32_t m, int32_t k, int32_t n, enum kernel_epilogue epilogue) {
     f->mm_x = x;
     f->mm_w = w;
@@ -858,7 +985,8 @@ int model_forward(struct model *model, struct kv_cache *kv, struct model_scratch
             float *x = scratch->x + (size_t)row * C;
             for (int32_t e = 0; e < C; e++) {
                 float te = model->wte != NULL ? model->wte[(size_t)tok * C + e]
-                                              : model->lm_head[kernel_packed_index(C, e, tok)];
+                                              : kernel_packed_get(model->wtype, model->lm_head,
+                                                                  kernel_packed_index(C, e, tok));
                 x[e] = te + pe[e];
             }
         }

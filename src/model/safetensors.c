@@ -21,6 +21,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "half.h"
+
 /* A header larger than this is not a model we can serve; refusing it early keeps a hostile
  * length from making cJSON walk gigabytes. */
 #define ST_MAX_HEADER_BYTES ((uint64_t)100 * 1024 * 1024)
@@ -286,40 +288,6 @@ void st_file_close(struct st_file *file) {
     free(file);
 }
 
-float st_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t mant = h & 0x3ff;
-    uint32_t bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else {
-            /* Subnormal half: normalise into a float. */
-            int e = -1;
-            do {
-                e++;
-                mant <<= 1;
-            } while ((mant & 0x400) == 0);
-            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
-        }
-    } else if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
-
-float st_bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
-
 float st_tensor_get(const struct st_tensor *tensor, size_t i) {
     /* memcpy, not a cast: the data area has no alignment guarantee. */
     switch (tensor->dtype) {
@@ -331,12 +299,12 @@ float st_tensor_get(const struct st_tensor *tensor, size_t i) {
     case ST_DTYPE_F16: {
         uint16_t h;
         memcpy(&h, tensor->data + i * 2, 2);
-        return st_f16_to_f32(h);
+        return half_f16_to_f32(h);
     }
     case ST_DTYPE_BF16: {
         uint16_t h;
         memcpy(&h, tensor->data + i * 2, 2);
-        return st_bf16_to_f32(h);
+        return half_bf16_to_f32(h);
     }
     case ST_DTYPE_OTHER:
         break;

@@ -50,8 +50,4 @@ void st_file_close(struct st_file *file);
 /* Converts tensor element i to float (F32, F16 or BF16 only). */
 float st_tensor_get(const struct st_tensor *tensor, size_t i);
 
-/* IEEE half / bfloat16 bit patterns to float (exact). */
-float st_f16_to_f32(uint16_t h);
-float st_bf16_to_f32(uint16_t h);
-
 #endif

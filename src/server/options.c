@@ -91,6 +91,9 @@ static const struct opt opts[] = {
     {"drain-timeout", 0, NUM(OPT_INT, drain_timeout_s, 0, 86400),
      "seconds in-flight requests get to finish on SIGTERM (default 30)"},
     {"log-level", 0, STR(log_level), "error, warn, info or debug (default info)"},
+    {"weights", 0, STR(weights),
+     "matmul weights in memory: auto (as stored, exact), f32, or f16/bf16 (rounded: half the "
+     "memory, faster decode; default auto)"},
     {"kv-cache-mb", 0, NUM(OPT_MIB, engine.kv_cache_bytes, 1, 1 << 20),
      "KV cache budget in MiB (default 256)"},
     {"prefill-chunk", 0, NUM(OPT_I32, engine.prefill_chunk, 0, 1 << 20),
@@ -144,6 +147,7 @@ void server_options_init(struct server_options *o) {
     o->drain_timeout_s = 30;
     o->server.served_model_name[0] = '\0'; /* filled from the model directory later */
     snprintf(o->log_level, sizeof(o->log_level), "info");
+    snprintf(o->weights, sizeof(o->weights), "auto");
 }
 
 void server_options_finish(struct server_options *o) {
