@@ -9,7 +9,7 @@
  *
  * usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] [--new 128]
  *                     [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024]
- *                     [--long-prompt 1000]
+ *                     [--long-prompt 1000] [--weights auto|f32|f16|bf16]
  *                     [--tokenizer DIR]   (tokenizer files when MODEL_DIR has none)
  */
 #include <stdio.h>
@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] "
                         "[--new 128] [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024] "
-                        "[--long-prompt 1000]\n");
+                        "[--long-prompt 1000] [--weights auto|f32|f16|bf16]\n");
         return 2;
     }
     const char *dir = argv[1];
@@ -137,6 +137,7 @@ int main(int argc, char **argv) {
     int32_t prefill_chunk = -1; /* -1: the engine's default */
     long kv_mb = 1024;
     const char *tok_dir = dir;
+    enum model_weights weights = MODEL_WEIGHTS_AUTO;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--concurrency") == 0) {
             snprintf(conc_list, sizeof(conc_list), "%s", argv[i + 1]);
@@ -154,6 +155,11 @@ int main(int argc, char **argv) {
             tok_dir = argv[i + 1];
         } else if (strcmp(argv[i], "--long-prompt") == 0) {
             long_prompt = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--weights") == 0) {
+            if (model_weights_parse(argv[i + 1], &weights) != 0) {
+                fprintf(stderr, "--weights wants auto, f32, f16 or bf16\n");
+                return 2;
+            }
         } else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -161,7 +167,7 @@ int main(int argc, char **argv) {
     }
     char err[512];
     log_set_level(LOG_LEVEL_WARN);
-    struct model *model = model_load(dir, err, sizeof(err));
+    struct model *model = model_load_with(dir, weights, err, sizeof(err));
     struct tokenizer *tok = model != NULL ? tokenizer_load(tok_dir, err, sizeof(err)) : NULL;
     if (model == NULL || tok == NULL) {
         fprintf(stderr, "load: %s\n", err);

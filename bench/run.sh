@@ -4,9 +4,9 @@
 #   bash bench/run.sh [--quick]
 #
 # Builds (release), writes the 124M-shaped random model (fixed seed) into build/, then runs on
-# this machine, one after another: the roofline probes and model benchmark, the tokenizer and
-# sampler benchmarks, the in-process engine benchmark, gptd-bench against `gptd serve` at
-# concurrency 1, 4, 16, 32 and 64, and wrk for per-request overhead. Raw outputs go to
+# this machine, one after another: the roofline probes and model benchmark (also f32 vs f16
+# weights), the tokenizer and sampler benchmarks, the in-process engine benchmark, gptd-bench
+# against `gptd serve` at concurrency 1, 4, 16, 32 and 64, and wrk for per-request overhead. Raw outputs go to
 # build/bench-results/; summary.md there holds the tables; the plots are written to
 # docs/perf/ (gnuplot, SVG). Takes about 15 minutes (--quick: fewer requests, ~5 minutes).
 # Needs ../shared/models/gpt2-tiny-random for the GPT-2 tokenizer files the server loads.
@@ -52,6 +52,17 @@ done
 
 log "model benchmark (roofline probes, decode, prefill)"
 build/bench/bench_model "$model" >"$out/model.txt" 2>&1 || true
+log "model benchmark, f32 vs f16 weights"
+# The same model with its matmul weights rounded to 16 bits (--weights f16), f32 and f16 runs
+# interleaved three times so that a busy moment hits both.
+: >"$out/model-weights.txt"
+for _ in 1 2 3; do
+    for w in f32 f16; do
+        echo "== --weights $w" >>"$out/model-weights.txt"
+        build/bench/bench_model "$model" --model-only --weights "$w" 2>&1 |
+            grep -E '^(decode|prefill)' >>"$out/model-weights.txt" || true
+    done
+done
 log "tokenizer benchmark"
 build/bench/bench_tokenizer "$shared/models/gpt2-tiny-random" >"$out/tokenizer.txt" 2>&1 || true
 log "sampler benchmark"
@@ -130,6 +141,10 @@ EOF
     echo "# Model"
     echo '```'
     cat "$out/model.txt"
+    echo '```'
+    echo "# Model, f32 vs f16 matmul weights"
+    echo '```'
+    cat "$out/model-weights.txt"
     echo '```'
     echo "# Tokenizer"
     echo '```'

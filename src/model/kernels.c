@@ -22,10 +22,18 @@
 #include "half.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_X86 1
 #else
 #define HAVE_X86 0
+#endif
+
+#if HAVE_X86
+static int has_f16c(void) {
+    unsigned int eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+}
 #endif
 
 /* Row tile heights: registers hold MR x NR accumulators (AVX-512: 6 x 4 zmm = 24 of 32). */
@@ -51,9 +59,9 @@ int kernel_isa_supported(enum kernel_isa isa) {
     case KERNEL_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
     case KERNEL_ISA_AVX2:
-        /* F16C (half -> float) came with Ivy Bridge; every AVX2 CPU has it, but ask anyway. */
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        /* F16C (half -> float) came with Ivy Bridge, so every AVX2 CPU has it, but ask anyway
+         * (CPUID directly: clang's __builtin_cpu_supports does not know "f16c"). */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     case KERNEL_ISA_SCALAR:
         return 1;
     }
