@@ -10,6 +10,7 @@
  * usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] [--new 128]
  *                     [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024]
  *                     [--long-prompt 1000] [--weights auto|f32|f16|bf16]
+ *                     [--kv-cache-dtype f32|f16]
  *                     [--tokenizer DIR]   (tokenizer files when MODEL_DIR has none)
  */
 #include <stdio.h>
@@ -128,7 +129,8 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] "
                         "[--new 128] [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024] "
-                        "[--long-prompt 1000] [--weights auto|f32|f16|bf16]\n");
+                        "[--long-prompt 1000] [--weights auto|f32|f16|bf16] "
+                        "[--kv-cache-dtype f32|f16]\n");
         return 2;
     }
     const char *dir = argv[1];
@@ -138,6 +140,7 @@ int main(int argc, char **argv) {
     long kv_mb = 1024;
     const char *tok_dir = dir;
     enum model_weights weights = MODEL_WEIGHTS_AUTO;
+    enum kv_dtype kv_dtype = KV_DTYPE_F32;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--concurrency") == 0) {
             snprintf(conc_list, sizeof(conc_list), "%s", argv[i + 1]);
@@ -155,6 +158,11 @@ int main(int argc, char **argv) {
             tok_dir = argv[i + 1];
         } else if (strcmp(argv[i], "--long-prompt") == 0) {
             long_prompt = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--kv-cache-dtype") == 0) {
+            if (kv_dtype_parse(argv[i + 1], &kv_dtype) != 0) {
+                fprintf(stderr, "--kv-cache-dtype wants f32 or f16\n");
+                return 2;
+            }
         } else if (strcmp(argv[i], "--weights") == 0) {
             if (model_weights_parse(argv[i + 1], &weights) != 0) {
                 fprintf(stderr, "--weights wants auto, f32, f16 or bf16\n");
@@ -176,6 +184,7 @@ int main(int argc, char **argv) {
     struct engine_config cfg;
     engine_config_init_default(&cfg);
     cfg.kv_cache_bytes = (size_t)kv_mb << 20;
+    cfg.kv_dtype = kv_dtype;
     cfg.max_batch_tokens = batch_tokens;
     if (prefill_chunk >= 0) {
         cfg.prefill_chunk = prefill_chunk;

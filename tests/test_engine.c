@@ -129,7 +129,8 @@ static void drain_events(struct job *job) {
     }
 }
 
-static int32_t next_max_running; /* 0 = the engine's default; reset after each make_engine */
+static int32_t next_max_running;    /* 0 = the engine's default; reset after each make_engine */
+static enum kv_dtype next_kv_dtype; /* the KV cache's element type for make_engine */
 
 static struct engine *make_engine(size_t kv_bytes, int32_t max_batch_tokens, int32_t max_queue,
                                   int64_t queue_timeout_ms) {
@@ -137,6 +138,7 @@ static struct engine *make_engine(size_t kv_bytes, int32_t max_batch_tokens, int
     engine_config_init_default(&cfg);
     cfg.max_running = next_max_running;
     next_max_running = 0;
+    cfg.kv_dtype = next_kv_dtype;
     cfg.kv_cache_bytes = kv_bytes;
     cfg.max_batch_tokens = max_batch_tokens;
     cfg.max_queue = max_queue;
@@ -226,8 +228,10 @@ static void run_alone(struct engine *e, struct job *jobs, int n) {
     }
 }
 
+/* Loop index 0: float32 KV cache; 1: f16 (batch invariance holds for rounded K/V too). */
 START_TEST(test_engine_concurrent_requests_match_alone) {
     static struct job alone[N_MIXED], together[N_MIXED];
+    next_kv_dtype = _i == 0 ? KV_DTYPE_F32 : KV_DTYPE_F16;
     mixed_jobs(alone);
     mixed_jobs(together);
     struct engine *e = make_engine((size_t)64 << 20, 64, 256, 0);
@@ -254,6 +258,7 @@ START_TEST(test_engine_concurrent_requests_match_alone) {
     ck_assert_int_eq(m.kv_blocks_used, 0);
     ck_assert_uint_eq(m.requests_completed, N_MIXED);
     engine_destroy(e);
+    next_kv_dtype = KV_DTYPE_F32;
 }
 END_TEST
 
@@ -676,7 +681,7 @@ static Suite *engine_suite(void) {
     TCase *tc = tcase_create("core");
     tcase_add_unchecked_fixture(tc, load_model, free_model);
     tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_engine_concurrent_requests_match_alone);
+    tcase_add_loop_test(tc, test_engine_concurrent_requests_match_alone, 0, 2);
     tcase_add_test(tc, test_engine_preemption_keeps_outputs);
     tcase_add_test(tc, test_engine_long_prompt_is_chunked_while_others_decode);
     tcase_add_loop_test(tc, test_engine_cancel_frees_everything, 0, 3);

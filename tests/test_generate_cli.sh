@@ -2,7 +2,7 @@
 # test_generate_cli.sh: `gptd generate` end to end on the tiny golden model: --prompt-ids greedy
 # output equals transformers' 48 greedy tokens for all 7 prompts; -p TEXT gives the same ids as
 # the golden prompt ids; the JSON shape (logprobs, finish_reason); usage errors exit 2;
-# without -m the default model answers; --weights f32/f16/bf16.
+# without -m the default model answers; --weights f32/f16/bf16; --kv-cache-dtype f16.
 # Usage: test_generate_cli.sh path/to/gptd   (GPTD_SHARED_DIR from meson)
 set -u
 gptd="$1"
@@ -70,6 +70,7 @@ expect_exit bad-n 2 -m "$model" --prompt-ids 1 -n x
 expect_exit id-outside-vocab 1 -m "$model" --prompt-ids 50257
 expect_exit missing-model-dir 1 -m "$tmp/nope" --prompt-ids 1
 expect_exit bad-weights 2 -m "$model" --prompt-ids 1 --weights fp16
+expect_exit bad-kv-dtype 2 -m "$model" --prompt-ids 1 --kv-cache-dtype bf16
 
 # --weights: f32 is the float32 checkpoint as is (the golden greedy ids); f16 and bf16 round
 # the matmul weights, say so in the log, and still run the 48 steps.
@@ -84,4 +85,13 @@ for w in f32 f16 bf16; do
         echo "FAIL --weights $w"; cat "$tmp/err"; fail=1
     fi
 done
+# --kv-cache-dtype f16: 48 steps, and the first greedy token still transformers' (the rounded
+# K/V move the logits by ~1e-3).
+if "$gptd" generate -m "$model" --prompt-ids "$ids" -n 48 --ignore-eos --json --kv-cache-dtype f16 \
+    >"$tmp/kv.json" 2>"$tmp/err" && [ "$(jq '.ids | length' "$tmp/kv.json")" = 48 ] &&
+    [ "$(jq '.ids[0]' "$tmp/kv.json")" = "$(jq '.prompts[0].greedy_ids[0]' "$golden")" ]; then
+    echo "ok   --kv-cache-dtype f16"
+else
+    echo "FAIL --kv-cache-dtype f16"; cat "$tmp/err"; fail=1
+fi
 exit $fail

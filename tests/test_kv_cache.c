@@ -130,6 +130,37 @@ START_TEST(test_fork_shares_blocks_and_copies_on_write) {
 }
 END_TEST
 
+/* An f16 cache: half the bytes per block, twice the blocks for a budget, and copy-on-write
+ * copies the whole (16-bit) block, last element included. */
+START_TEST(test_f16_cache_halves_blocks_and_copies_them_whole) {
+    char err[256] = "";
+    struct kv_cache *kv =
+        kv_cache_create_with(g_model, 10 * g_block_bytes + 100, KV_DTYPE_F16, err, sizeof(err));
+    ck_assert_msg(kv != NULL, "%s", err);
+    ck_assert_int_eq(kv_cache_dtype(kv), KV_DTYPE_F16);
+    ck_assert_uint_eq(kv_cache_bytes_per_block(kv) * 2, g_block_bytes);
+    ck_assert_int_eq(kv_cache_n_blocks_total(kv), 20);
+    struct kv_seq src, dst;
+    ck_assert_int_eq(kv_seq_init(&src, kv), 0);
+    ck_assert_int_eq(kv_seq_init(&dst, kv), 0);
+    ck_assert_int_eq(kv_seq_reserve(kv, &src, 20), KV_OK);
+    src.n_pos = 20;
+    uint16_t *data = kv->data;
+    /* The last element of src's block 1: V of the last layer, position 31, last column. */
+    size_t last = kv_cache_row_index(kv, &src, 3, 1, 31) + 63;
+    ck_assert_uint_eq(last + 1, ((size_t)src.blocks[1] + 1) * kv->block_elems);
+    data[last] = 0x3c00; /* 1.0 */
+    kv_seq_fork(kv, &dst, &src);
+    ck_assert_int_eq(kv_seq_reserve(kv, &dst, 1), KV_OK);
+    ck_assert_int_ne(dst.blocks[1], src.blocks[1]);
+    ck_assert_uint_eq(data[kv_cache_row_index(kv, &dst, 3, 1, 31) + 63], 0x3c00);
+    kv_seq_finish(kv, &src);
+    kv_seq_finish(kv, &dst);
+    ck_assert_int_eq(kv_cache_n_blocks_free(kv), 20);
+    kv_cache_destroy(kv);
+}
+END_TEST
+
 START_TEST(test_copy_on_write_counts_toward_the_reservation) {
     struct kv_seq src, dst;
     ck_assert_int_eq(kv_seq_init(&src, g_kv), 0);
@@ -178,6 +209,7 @@ static Suite *kv_suite(void) {
     tcase_add_test(tc, test_reserve_refuses_past_the_context);
     tcase_add_test(tc, test_fork_shares_blocks_and_copies_on_write);
     tcase_add_test(tc, test_copy_on_write_counts_toward_the_reservation);
+    tcase_add_test(tc, test_f16_cache_halves_blocks_and_copies_them_whole);
     tcase_add_test(tc, test_truncate_frees_blocks_past_the_end);
     suite_add_tcase(s, tc);
     return s;

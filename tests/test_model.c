@@ -351,6 +351,7 @@ static struct golden_prompt g_prompts[N_PROMPTS];
 static struct model *g_model;
 static int32_t g_vocab;
 static int g_n_greedy = N_GREEDY;
+static enum kv_dtype g_kv_dtype = KV_DTYPE_F32; /* of the caches run_alone and the batch use */
 
 static int under_valgrind(void) {
     const char *v = getenv("GPTD_UNDER_VALGRIND");
@@ -441,7 +442,7 @@ static void run_alone(struct model *model, const int32_t *prompt, int32_t n_prom
                       float *logits, int32_t *ids) {
     const struct model_config *cfg = model_get_config(model);
     char err[256];
-    struct kv_cache *kv = kv_cache_create(model, 4u << 20, err, sizeof(err));
+    struct kv_cache *kv = kv_cache_create_with(model, 4u << 20, g_kv_dtype, err, sizeof(err));
     ck_assert_msg(kv != NULL, "%s", err);
     struct model_scratch *scratch = model_scratch_create(model, MAX_PROMPT, 1);
     ck_assert_ptr_nonnull(scratch);
@@ -525,8 +526,10 @@ END_TEST
  * the others' decode steps in the same forward calls. Every logit row must be bit-identical
  * to the same sequence run alone.
  */
+/* Loop index 0: float32 KV cache; 1: the f16 one (rounded K/V, same invariance). */
 START_TEST(test_ragged_batch_is_bit_identical_to_alone) {
     static const int32_t chunk_of[N_PROMPTS] = {1, 3, 64, 3, 1, 1, 64};
+    g_kv_dtype = _i == 0 ? KV_DTYPE_F32 : KV_DTYPE_F16;
     size_t row_floats = (size_t)g_vocab;
     int32_t n_steps = g_n_greedy;
     float *alone[N_PROMPTS];
@@ -536,7 +539,8 @@ START_TEST(test_ragged_batch_is_bit_identical_to_alone) {
         run_alone(g_model, g_prompts[i].ids, g_prompts[i].n_ids, n_steps, alone[i], alone_ids[i]);
     }
     char err[256];
-    struct kv_cache *kv = kv_cache_create(g_model, 16u << 20, err, sizeof(err));
+    struct kv_cache *kv = kv_cache_create_with(g_model, 16u << 20, g_kv_dtype, err, sizeof(err));
+    ck_assert_int_eq(kv_cache_dtype(kv), g_kv_dtype);
     struct model_scratch *scratch = model_scratch_create(g_model, 512, N_PROMPTS);
     float *logits = malloc(N_PROMPTS * row_floats * sizeof(float));
     struct kv_seq seqs[N_PROMPTS];
@@ -617,6 +621,42 @@ START_TEST(test_ragged_batch_is_bit_identical_to_alone) {
     free(logits);
     model_scratch_destroy(scratch);
     kv_cache_destroy(kv);
+    g_kv_dtype = KV_DTYPE_F32;
+}
+END_TEST
+
+/* An f16 KV cache holds twice the blocks of a float32 one in the same budget, and its logits
+ * stay close to transformers' (the stored K/V are rounded, so not within 1e-4). */
+START_TEST(test_f16_kv_cache_close_to_golden) {
+    char err[256];
+    struct kv_cache *k32 = kv_cache_create_with(g_model, 8u << 20, KV_DTYPE_F32, err, sizeof(err));
+    struct kv_cache *k16 = kv_cache_create_with(g_model, 8u << 20, KV_DTYPE_F16, err, sizeof(err));
+    ck_assert_ptr_nonnull(k32);
+    ck_assert_ptr_nonnull(k16);
+    ck_assert_uint_eq(kv_cache_bytes_per_block(k16) * 2, kv_cache_bytes_per_block(k32));
+    ck_assert_int_ge(kv_cache_n_blocks_total(k16), 2 * kv_cache_n_blocks_total(k32) - 1);
+    kv_cache_destroy(k32);
+    kv_cache_destroy(k16);
+    g_kv_dtype = KV_DTYPE_F16;
+    float worst = 0.0f;
+    for (int i = 0; i < N_PROMPTS; i++) {
+        const struct golden_prompt *g = &g_prompts[i];
+        float *want = read_f32(g->last_logits_file, (size_t)g_vocab);
+        float *got = malloc((size_t)g_vocab * sizeof(float));
+        int32_t id;
+        run_alone(g_model, g->ids, g->n_ids, 1, got, &id);
+        float diff = max_abs_diff(got, want, (size_t)g_vocab);
+        worst = diff > worst ? diff : worst;
+        free(got);
+        free(want);
+    }
+    g_kv_dtype = KV_DTYPE_F32;
+    ck_assert_msg(worst > 0.0f && worst < 1e-2f, "f16 KV: max |logit - golden| = %g",
+                  (double)worst);
+    enum kv_dtype d;
+    ck_assert_int_eq(kv_dtype_parse("f16", &d), 0);
+    ck_assert_int_eq(d, KV_DTYPE_F16);
+    ck_assert_int_eq(kv_dtype_parse("fp8", &d), -1);
 }
 END_TEST
 
@@ -1336,6 +1376,51 @@ START_TEST(test_matmul_kernels_match_reference_bytes) {
 }
 END_TEST
 
+/* kernel_f32_to_f16 rounds to nearest even on every ISA exactly as the test's own converter
+ * does (normal, subnormal, tie, overflow and signed-zero inputs), and widening undoes it. */
+START_TEST(test_half_conversions_match_reference) {
+    enum { N = 4099 };
+    float *x = malloc(N * sizeof(float));
+    float *back = malloc(N * sizeof(float));
+    uint16_t *h = malloc(N * sizeof(uint16_t));
+    uint32_t r = 777u;
+    for (int i = 0; i < N; i++) {
+        r = r * 1664525u + 1013904223u;
+        float mag = ldexpf((float)(r >> 8) / 16777216.0f, (int)(r % 44) - 28); /* 2^-28 .. 2^16 */
+        x[i] = (r & 1u) ? -mag : mag;
+    }
+    const float special[] = {0.0f,
+                             -0.0f,
+                             65504.0f,
+                             65520.0f,
+                             1e9f,
+                             -1e9f,
+                             5.9604645e-8f,
+                             2.9802322e-8f,
+                             1.0f + 1.0f / 2048.0f,
+                             1.0f + 3.0f / 2048.0f};
+    memcpy(x, special, sizeof(special));
+    for (int isa = KERNEL_ISA_SCALAR; isa <= KERNEL_ISA_AVX512; isa++) {
+        if (!kernel_isa_supported((enum kernel_isa)isa)) {
+            continue;
+        }
+        kernel_f32_to_f16((enum kernel_isa)isa, x, h, N);
+        for (int i = 0; i < N; i++) {
+            ck_assert_msg(h[i] == to_f16(x[i]), "%s: %a -> 0x%04x, want 0x%04x",
+                          kernel_isa_name((enum kernel_isa)isa), (double)x[i], h[i], to_f16(x[i]));
+        }
+        kernel_f16_to_f32((enum kernel_isa)isa, h, back, N);
+        for (int i = 0; i < N; i++) {
+            float want = from_f16(h[i]);
+            ck_assert_int_eq(memcmp(&back[i], &want, sizeof(float)), 0);
+        }
+    }
+    free(x);
+    free(back);
+    free(h);
+}
+END_TEST
+
 START_TEST(test_vector_helpers_match_scalar) {
     float a[100], b[100], y1[100], y2[100];
     for (int i = 0; i < 100; i++) {
@@ -1383,8 +1468,8 @@ START_TEST(test_vector_helpers_match_scalar) {
         q[i] = 0.05f * (float)(i % 13) - 0.3f;
     }
     for (int32_t n = 1; n <= N_POS; n += 13) {
-        kernel_attention(KERNEL_ISA_SCALAR, q, cache_k + 3, cache_v + 3, blocks, BLOCK, ROW, n, HS,
-                         0.125f, scores, want);
+        kernel_attention(KERNEL_ISA_SCALAR, q, cache_k + 3, cache_v + 3, KERNEL_W_F32, blocks,
+                         BLOCK, ROW, n, HS, 0.125f, scores, want);
         float sum = 0.0f;
         for (int i = 0; i < HS; i++) {
             sum += want[i];
@@ -1392,16 +1477,45 @@ START_TEST(test_vector_helpers_match_scalar) {
         ck_assert(isfinite(sum));
         for (int isa = KERNEL_ISA_AVX2; isa <= KERNEL_ISA_AVX512; isa++) {
             if (kernel_isa_supported((enum kernel_isa)isa)) {
-                kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, blocks, BLOCK,
-                                 ROW, n, HS, 0.125f, scores, got);
+                kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, KERNEL_W_F32,
+                                 blocks, BLOCK, ROW, n, HS, 0.125f, scores, got);
                 ck_assert_float_le(max_abs_diff(got, want, HS), 1e-5f);
             }
         }
     }
     /* One position: the output is that position's V row. */
-    kernel_attention(KERNEL_ISA_SCALAR, q, cache_k, cache_v, blocks, BLOCK, ROW, 1, HS, 0.125f,
-                     scores, got);
+    kernel_attention(KERNEL_ISA_SCALAR, q, cache_k, cache_v, KERNEL_W_F32, blocks, BLOCK, ROW, 1,
+                     HS, 0.125f, scores, got);
     ck_assert_float_le(max_abs_diff(got, cache_v + 4 * BLOCK, HS), 1e-6f);
+    /* A half cache gives, on every ISA, the bytes of a float32 cache holding the same (rounded)
+     * values: head size 64 (AVX-512's own path) and 40 (the generic one). */
+    uint16_t *half_k = malloc(5 * BLOCK * sizeof(uint16_t));
+    uint16_t *half_v = malloc(5 * BLOCK * sizeof(uint16_t));
+    for (int i = 0; i < 5 * BLOCK; i++) {
+        half_k[i] = to_f16(cache_k[i]);
+        half_v[i] = to_f16(cache_v[i]);
+        cache_k[i] = from_f16(half_k[i]);
+        cache_v[i] = from_f16(half_v[i]);
+    }
+    for (int isa = KERNEL_ISA_SCALAR; isa <= KERNEL_ISA_AVX512; isa++) {
+        if (!kernel_isa_supported((enum kernel_isa)isa)) {
+            continue;
+        }
+        for (int hs = 40; hs <= 64; hs += 24) {
+            for (int32_t n = 1; n <= N_POS; n += 13) {
+                kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, KERNEL_W_F32,
+                                 blocks, BLOCK, ROW, n, hs, 0.125f, scores, want);
+                kernel_attention((enum kernel_isa)isa, q, half_k + 3, half_v + 3, KERNEL_W_F16,
+                                 blocks, BLOCK, ROW, n, hs, 0.125f, scores, got);
+                ck_assert_msg(memcmp(got, want, (size_t)hs * sizeof(float)) == 0,
+                              "%s hs %d n %d: f16 cache differs by %g",
+                              kernel_isa_name((enum kernel_isa)isa), hs, n,
+                              (double)max_abs_diff(got, want, (size_t)hs));
+            }
+        }
+    }
+    free(half_k);
+    free(half_v);
     free(cache_k);
     free(cache_v);
     /* The GELU form used is the tanh one. */
@@ -1421,7 +1535,8 @@ static Suite *model_suite(void) {
     tcase_add_loop_test(golden, test_forward_last_logits_match_golden, 0, N_PROMPTS);
     tcase_add_test(golden, test_forward_all_positions_match_golden);
     tcase_add_loop_test(golden, test_greedy_tokens_match_golden, 0, N_PROMPTS);
-    tcase_add_test(golden, test_ragged_batch_is_bit_identical_to_alone);
+    tcase_add_loop_test(golden, test_ragged_batch_is_bit_identical_to_alone, 0, 2);
+    tcase_add_test(golden, test_f16_kv_cache_close_to_golden);
     tcase_add_test(golden, test_forked_sequence_matches_fresh_run);
     tcase_add_test(golden, test_forward_refuses_bad_batches);
     tcase_add_test(golden, test_set_threads_after_load_keeps_logits);
@@ -1439,6 +1554,7 @@ static Suite *model_suite(void) {
     tcase_set_timeout(kernels, 120);
     tcase_add_test(kernels, test_matmul_kernels_match_reference_bytes);
     tcase_add_test(kernels, test_vector_helpers_match_scalar);
+    tcase_add_test(kernels, test_half_conversions_match_reference);
     suite_add_tcase(s, kernels);
     return s;
 }

@@ -66,6 +66,7 @@ START_TEST(test_options_defaults_are_safe) {
     ck_assert_int_eq(o.drain_timeout_s, 30);
     ck_assert(o.server.access_log);
     ck_assert_str_eq(o.weights, "auto"); /* exact: the checkpoint's own precision */
+    ck_assert_str_eq(o.kv_dtype, "f32");
     server_options_finish(&o);
 }
 END_TEST
@@ -73,7 +74,8 @@ END_TEST
 START_TEST(test_options_precedence_flags_over_env_over_file) {
     write_tmp("{\"_comment\": \"doc\", \"port\": 1000, \"max_body\": \"2MiB\", \"host\": "
               "\"0.0.0.0\", \"api_key\": [\"file-a\", \"file-b\"], \"strict_model\": true, "
-              "\"queue_timeout\": 5, \"kv_cache_mb\": 64, \"weights\": \"f16\"}");
+              "\"queue_timeout\": 5, \"kv_cache_mb\": 64, \"weights\": \"f16\", "
+              "\"kv_cache_dtype\": \"f16\"}");
     const char *env[] = {"GPTD_PORT",
                          "2000",
                          "GPTD_MAX_BODY",
@@ -106,7 +108,8 @@ START_TEST(test_options_precedence_flags_over_env_over_file) {
     ck_assert_int_eq(o.engine.queue_timeout_ms, 2500);
     ck_assert_int_eq(o.engine.max_running, 2);
     ck_assert_uint_eq(o.engine.kv_cache_bytes, (size_t)64 << 20);
-    ck_assert_str_eq(o.weights, "f16"); /* file */
+    ck_assert_str_eq(o.weights, "f16");  /* file */
+    ck_assert_str_eq(o.kv_dtype, "f16"); /* file */
     server_options_finish(&o);
     unlink(tmp_path);
 }

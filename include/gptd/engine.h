@@ -27,6 +27,7 @@
 
 struct engine_config {
     size_t kv_cache_bytes;     /* KV pool budget (--kv-cache-mb) */
+    enum kv_dtype kv_dtype;    /* K/V element type (--kv-cache-dtype), default f32 */
     int32_t max_batch_tokens;  /* rows per forward step: decode rows + prefill chunks */
     int32_t prefill_chunk;     /* while sequences decode, a prompt longer than 4 chunks
                                   gets this many rows per step (0 = no limit): bounds how much

@@ -97,8 +97,23 @@ struct kv_seq {
     int32_t max_blocks;
 };
 
+/* How K and V are stored. F16 holds twice the positions per byte and reads half the bytes in
+ * attention; the stored K/V are rounded (to nearest even), so logits move slightly (opt-in). */
+enum kv_dtype {
+    KV_DTYPE_F32 = 0,
+    KV_DTYPE_F16 = 1,
+};
+/* "f32", "f16". */
+const char *kv_dtype_name(enum kv_dtype dtype);
+/* Parses one of those names; -1 when text is neither. */
+int kv_dtype_parse(const char *text, enum kv_dtype *out);
+
+/* kv_cache_create is kv_cache_create_with(..., KV_DTYPE_F32, ...). */
 struct kv_cache *kv_cache_create(const struct model *model, size_t budget_bytes, char *err,
                                  size_t err_size);
+struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_bytes,
+                                      enum kv_dtype dtype, char *err, size_t err_size);
+enum kv_dtype kv_cache_dtype(const struct kv_cache *kv);
 void kv_cache_destroy(struct kv_cache *kv);
 int32_t kv_cache_n_blocks_total(const struct kv_cache *kv);
 int32_t kv_cache_n_blocks_free(const struct kv_cache *kv);

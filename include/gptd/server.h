@@ -98,6 +98,7 @@ struct server_options {
     char api_key_file[1024];
     char log_level[16];
     char weights[8];     /* auto, f32, f16, bf16 (model_weights_parse); default auto */
+    char kv_dtype[8];    /* f32, f16 (kv_dtype_parse) -> engine.kv_dtype; default f32 */
     int drain_timeout_s; /* default 30 */
     int n_model_threads; /* 0 = leave the model's default */
     struct server_config server;

@@ -26,7 +26,7 @@
 static const char generate_usage[] =
     "usage: gptd generate [-m MODEL_DIR] (-p TEXT | --prompt-ids 1,2,3) [-n N] [--ignore-eos]\n"
     "                     [--logprobs K] [--json] [--threads N] [--kv-cache-mb MB]\n"
-    "                     [--weights auto|f32|f16|bf16]\n"
+    "                     [--weights auto|f32|f16|bf16] [--kv-cache-dtype f32|f16]\n"
     "  greedy continuation of the prompt (N new tokens, default 16); --json prints\n"
     "  {prompt_ids, ids, text, finish_reason, logprobs}; --logprobs K adds the top K per step\n"
     "sampling (defaults: greedy, everything else off):\n"
@@ -47,6 +47,7 @@ struct gen_args {
     int is_json;
     int n_threads;
     enum model_weights weights; /* --weights, default auto */
+    enum kv_dtype kv_dtype;     /* --kv-cache-dtype, default f32 */
     int32_t kv_mb;
     struct sampling_params sp; /* n_new, ignore_eos and the vocabulary are applied later */
 };
@@ -202,7 +203,7 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
                    strcmp(arg, "--prompt-ids") == 0 || strcmp(arg, "-n") == 0 ||
                    strcmp(arg, "--max-tokens") == 0 || strcmp(arg, "--logprobs") == 0 ||
                    strcmp(arg, "--threads") == 0 || strcmp(arg, "--kv-cache-mb") == 0 ||
-                   strcmp(arg, "--weights") == 0) {
+                   strcmp(arg, "--weights") == 0 || strcmp(arg, "--kv-cache-dtype") == 0) {
             if (next == NULL) {
                 return usage_error("option '%s' needs a value", arg);
             }
@@ -226,6 +227,10 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
                     return usage_error("--threads wants 1..256, not '%s'", next);
                 }
                 a->n_threads = v;
+            } else if (strcmp(arg, "--kv-cache-dtype") == 0) {
+                if (kv_dtype_parse(next, &a->kv_dtype) != 0) {
+                    return usage_error("--kv-cache-dtype wants f32 or f16, not '%s'", next);
+                }
             } else if (strcmp(arg, "--weights") == 0) {
                 if (model_weights_parse(next, &a->weights) != 0) {
                     return usage_error("--weights wants auto, f32, f16 or bf16, not '%s'", next);
@@ -423,7 +428,7 @@ int cmd_generate(int argc, char **argv) {
         detok_init(&detok, tok);
     }
 
-    kv = kv_cache_create(model, (size_t)a.kv_mb << 20, err, sizeof(err));
+    kv = kv_cache_create_with(model, (size_t)a.kv_mb << 20, a.kv_dtype, err, sizeof(err));
     int32_t max_rows = (int32_t)n_prompt < 512 ? (int32_t)n_prompt : 512;
     scratch = model_scratch_create(model, max_rows, 1);
     out_ids = malloc(((size_t)a.n_new + 1) * sizeof(int32_t));

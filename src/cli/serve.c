@@ -114,6 +114,11 @@ int cmd_serve(int argc, char **argv) {
         server_options_finish(&o);
         return CLI_EXIT_USAGE;
     }
+    if (kv_dtype_parse(o.kv_dtype, &o.engine.kv_dtype) != 0) {
+        fprintf(stderr, "gptd serve: --kv-cache-dtype: expected f32 or f16\n");
+        server_options_finish(&o);
+        return CLI_EXIT_USAGE;
+    }
     if (o.model_dir[0] == '\0') {
         snprintf(o.model_dir, sizeof(o.model_dir), "%s", GPTD_DEFAULT_MODEL_DIR);
         log_info("no -m given: serving the default model %s (the bundled King James Bible "

@@ -37,6 +37,7 @@
 void engine_config_init_default(struct engine_config *cfg) {
     memset(cfg, 0, sizeof(*cfg));
     cfg->kv_cache_bytes = (size_t)256 << 20;
+    cfg->kv_dtype = KV_DTYPE_F32; /* exact; f16 doubles the positions per MiB, rounding K/V */
     cfg->max_batch_tokens = 256;
     /* On 2 cores a decode step of 16 sequences of the 124M model takes ~30 ms (weight streaming)
      * and each prefill row adds ~2 ms of compute: 12-row chunks keep the running streams' ITL
@@ -79,7 +80,7 @@ struct engine *engine_create(struct model *model, const struct tokenizer *tok,
         log_warn("engine: tokens of up to %zu bytes will be split across events",
                  tokenizer_max_token_bytes(tok));
     }
-    e->kv = kv_cache_create(model, cfg->kv_cache_bytes, err, err_size);
+    e->kv = kv_cache_create_with(model, cfg->kv_cache_bytes, cfg->kv_dtype, err, err_size);
     if (e->kv == NULL) {
         goto fail;
     }
@@ -104,11 +105,12 @@ struct engine *engine_create(struct model *model, const struct tokenizer *tok,
         goto fail;
     }
     atomic_store(&e->m_kv_used, 0);
-    log_info("engine: KV cache %d blocks of %d positions (%.1f MiB), max %d running sequences, "
-             "%d batch tokens, queue %d",
+    log_info("engine: KV cache %d blocks of %d positions (%.1f MiB, %s), max %d running "
+             "sequences, %d batch tokens, queue %d",
              (int)n_blocks, KV_BLOCK_SIZE,
              (double)n_blocks * (double)kv_cache_bytes_per_block(e->kv) / (1 << 20),
-             (int)e->max_running, (int)rows, (int)cfg->max_queue);
+             kv_dtype_name(kv_cache_dtype(e->kv)), (int)e->max_running, (int)rows,
+             (int)cfg->max_queue);
     return e;
 fail:
     engine_destroy(e);

@@ -361,20 +361,28 @@ static T512 void gelu_inplace512(float *x, size_t n) {
     }
 }
 
+/* 16 K or V elements at element i of base, widened to float32 (wt constant after inlining). */
+INLINE T512 __m512 kvload512(enum kernel_wtype wt, const void *base, size_t i) {
+    if (wt == KERNEL_W_F32) {
+        return _mm512_loadu_ps((const float *)base + i);
+    }
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)));
+}
+
 /* Attention for head size 64: q and the output accumulators live in 4 registers each. */
-static T512 void attention512_hs64(const float *q, const float *k_base, const float *v_base,
-                                   const int32_t *blocks, size_t block_stride, size_t row_stride,
-                                   int32_t n, float scale, float *scores, float *out) {
+INLINE T512 void attention512_hs64_wt(enum kernel_wtype wt, const float *q, const void *k_base,
+                                      const void *v_base, const int32_t *blocks,
+                                      size_t block_stride, size_t row_stride, int32_t n,
+                                      float scale, float *scores, float *out) {
     __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16);
     __m512 q2 = _mm512_loadu_ps(q + 32), q3 = _mm512_loadu_ps(q + 48);
     float max = -INFINITY;
     for (int32_t t = 0; t < n; t++) {
-        const float *k =
-            k_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
-        __m512 acc = _mm512_mul_ps(q0, _mm512_loadu_ps(k));
-        acc = _mm512_fmadd_ps(q1, _mm512_loadu_ps(k + 16), acc);
-        acc = _mm512_fmadd_ps(q2, _mm512_loadu_ps(k + 32), acc);
-        acc = _mm512_fmadd_ps(q3, _mm512_loadu_ps(k + 48), acc);
+        size_t k = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        __m512 acc = _mm512_mul_ps(q0, kvload512(wt, k_base, k));
+        acc = _mm512_fmadd_ps(q1, kvload512(wt, k_base, k + 16), acc);
+        acc = _mm512_fmadd_ps(q2, kvload512(wt, k_base, k + 32), acc);
+        acc = _mm512_fmadd_ps(q3, kvload512(wt, k_base, k + 48), acc);
         float s = _mm512_reduce_add_ps(acc) * scale;
         scores[t] = s;
         max = s > max ? s : max;
@@ -382,18 +390,52 @@ static T512 void attention512_hs64(const float *q, const float *k_base, const fl
     float inv = 1.0f / exp_shift_sum512(scores, n, max);
     __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
     for (int32_t t = 0; t < n; t++) {
-        const float *v =
-            v_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        size_t v = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
         __m512 p = _mm512_set1_ps(scores[t] * inv);
-        o0 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v), o0);
-        o1 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16), o1);
-        o2 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 32), o2);
-        o3 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 48), o3);
+        o0 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v), o0);
+        o1 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v + 16), o1);
+        o2 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v + 32), o2);
+        o3 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v + 48), o3);
     }
     _mm512_storeu_ps(out, o0);
     _mm512_storeu_ps(out + 16, o1);
     _mm512_storeu_ps(out + 32, o2);
     _mm512_storeu_ps(out + 48, o3);
+}
+
+static T512 void attention512_hs64(enum kernel_wtype wt, const float *q, const void *k_base,
+                                   const void *v_base, const int32_t *blocks, size_t block_stride,
+                                   size_t row_stride, int32_t n, float scale, float *scores,
+                                   float *out) {
+    if (wt == KERNEL_W_F16) {
+        attention512_hs64_wt(KERNEL_W_F16, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                             scale, scores, out);
+    } else {
+        attention512_hs64_wt(KERNEL_W_F32, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                             scale, scores, out);
+    }
+}
+
+static T512 void f16_to_f32_512(const uint16_t *src, float *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    }
+    for (; i < n; i++) {
+        dst[i] = half_f16_to_f32(src[i]);
+    }
+}
+
+static T512 void f32_to_f16_512(const float *src, uint16_t *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(src + i),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_si256((__m256i *)(dst + i), h);
+    }
+    for (; i < n; i++) {
+        dst[i] = half_f32_to_f16(src[i]);
+    }
 }
 
 /* ---- AVX2 + FMA ---- */
@@ -617,6 +659,27 @@ static T256 void gelu_inplace256(float *x, size_t n) {
     }
 }
 
+static T256 void f16_to_f32_256(const uint16_t *src, float *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    }
+    for (; i < n; i++) {
+        dst[i] = half_f16_to_f32(src[i]);
+    }
+}
+
+static T256 void f32_to_f16_256(const float *src, uint16_t *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm_storeu_si128((__m128i *)(dst + i), h);
+    }
+    for (; i < n; i++) {
+        dst[i] = half_f32_to_f16(src[i]);
+    }
+}
+
 #endif /* HAVE_X86 */
 
 void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *w_packed,
@@ -689,20 +752,62 @@ float kernel_exp_shift_sum(enum kernel_isa isa, float *x, int32_t n, float shift
     return sum;
 }
 
-void kernel_attention(enum kernel_isa isa, const float *q, const float *k_base, const float *v_base,
-                      const int32_t *blocks, size_t block_stride, size_t row_stride, int32_t n,
-                      int32_t hs, float scale, float *scores, float *out) {
+void kernel_f16_to_f32(enum kernel_isa isa, const uint16_t *src, float *dst, size_t n) {
 #if HAVE_X86
-    if (isa == KERNEL_ISA_AVX512 && hs == 64) {
-        attention512_hs64(q, k_base, v_base, blocks, block_stride, row_stride, n, scale, scores,
-                          out);
+    if (isa == KERNEL_ISA_AVX512) {
+        f16_to_f32_512(src, dst, n);
+        return;
+    }
+    if (isa == KERNEL_ISA_AVX2) {
+        f16_to_f32_256(src, dst, n);
         return;
     }
 #endif
+    (void)isa;
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = half_f16_to_f32(src[i]);
+    }
+}
+
+void kernel_f32_to_f16(enum kernel_isa isa, const float *src, uint16_t *dst, size_t n) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512) {
+        f32_to_f16_512(src, dst, n);
+        return;
+    }
+    if (isa == KERNEL_ISA_AVX2) {
+        f32_to_f16_256(src, dst, n);
+        return;
+    }
+#endif
+    (void)isa;
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = half_f32_to_f16(src[i]);
+    }
+}
+
+void kernel_attention(enum kernel_isa isa, const float *q, const void *k_base, const void *v_base,
+                      enum kernel_wtype kv_type, const int32_t *blocks, size_t block_stride,
+                      size_t row_stride, int32_t n, int32_t hs, float scale, float *scores,
+                      float *out) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX512 && hs == 64) {
+        attention512_hs64(kv_type, q, k_base, v_base, blocks, block_stride, row_stride, n, scale,
+                          scores, out);
+        return;
+    }
+#endif
+    /* Generic: each 16-bit row is widened into row (exact) and takes the float32 path. */
+    float row[KERNEL_ATTENTION_MAX_HS];
+    int is_f16 = kv_type == KERNEL_W_F16 && hs <= KERNEL_ATTENTION_MAX_HS;
     float max = -INFINITY;
     for (int32_t t = 0; t < n; t++) {
-        const float *k =
-            k_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        size_t at = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        const float *k = (const float *)k_base + at;
+        if (is_f16) {
+            kernel_f16_to_f32(isa, (const uint16_t *)k_base + at, row, (size_t)hs);
+            k = row;
+        }
         float s = kernel_dot(isa, q, k, hs) * scale;
         scores[t] = s;
         max = s > max ? s : max;
@@ -710,8 +815,12 @@ void kernel_attention(enum kernel_isa isa, const float *q, const float *k_base, 
     float inv = 1.0f / kernel_exp_shift_sum(isa, scores, n, max);
     memset(out, 0, (size_t)hs * sizeof(float));
     for (int32_t t = 0; t < n; t++) {
-        const float *v =
-            v_base + (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        size_t at = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        const float *v = (const float *)v_base + at;
+        if (is_f16) {
+            kernel_f16_to_f32(isa, (const uint16_t *)v_base + at, row, (size_t)hs);
+            v = row;
+        }
         kernel_axpy(isa, scores[t] * inv, v, out, hs);
     }
 }

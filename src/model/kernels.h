@@ -96,16 +96,27 @@ float kernel_dot(enum kernel_isa isa, const float *a, const float *b, int32_t n)
 void kernel_axpy(enum kernel_isa isa, float alpha, const float *x, float *y, int32_t n);
 /* x (n,) = exp(x - shift) in place; returns the sum, in a fixed order that depends only on n. */
 float kernel_exp_shift_sum(enum kernel_isa isa, float *x, int32_t n, float shift);
+/* Largest head size kernel_attention handles with a 16-bit cache (it widens a row on the stack).
+ */
+#define KERNEL_ATTENTION_MAX_HS 1024
+
 /*
  * Attention of one query row q (hs,) over n cached positions: scores[t] = q . K_t * scale,
  * p = softmax(scores), out (hs,) = sum_t p_t V_t, each in a fixed order that depends only on n.
- * Position t's K row is at k_base + blocks[t / 16] * block_stride + (t % 16) * row_stride (V the
- * same from v_base): the paged KV cache's layout, walked without gathering. scores is (n,)
- * scratch.
+ * K and V are elements of kv_type (F32 or F16; F16 rows are widened exactly, so the result is
+ * that of their float32 values). Position t's K row starts blocks[t / 16] * block_stride +
+ * (t % 16) * row_stride elements after k_base (V the same from v_base): the paged KV cache's
+ * layout, walked without gathering. scores is (n,) scratch. hs <= KERNEL_ATTENTION_MAX_HS for F16.
  */
-void kernel_attention(enum kernel_isa isa, const float *q, const float *k_base, const float *v_base,
-                      const int32_t *blocks, size_t block_stride, size_t row_stride, int32_t n,
-                      int32_t hs, float scale, float *scores, float *out);
+void kernel_attention(enum kernel_isa isa, const float *q, const void *k_base, const void *v_base,
+                      enum kernel_wtype kv_type, const int32_t *blocks, size_t block_stride,
+                      size_t row_stride, int32_t n, int32_t hs, float scale, float *scores,
+                      float *out);
+
+/* n halves to floats (exact), and n floats to halves rounded to nearest even; every ISA gives
+ * the same bits (NaN payloads aside). */
+void kernel_f16_to_f32(enum kernel_isa isa, const uint16_t *src, float *dst, size_t n);
+void kernel_f32_to_f16(enum kernel_isa isa, const float *src, uint16_t *dst, size_t n);
 
 /* x (n,) = gelu_tanh(x) in place. */
 void kernel_gelu_tanh(enum kernel_isa isa, float *x, size_t n);

@@ -3,7 +3,7 @@
  * start-up for a byte budget, a free stack, per-block reference counts, and per-sequence block
  * tables. Sequences of one group share blocks by reference (kv_seq_fork); a block about to be
  * written while shared is copied first (kv_seq_reserve), so forks never see each other's
- * tokens. Engine thread only: no locks.
+ * tokens. Elements are float32 or (opt-in) IEEE half. Engine thread only: no locks.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +12,40 @@
 #include "gptd/model.h"
 #include "kv_cache_internal.h"
 
+/* Head sizes the F16 cache's attention widens a row of on the stack for (kernels.h). */
+#define KV_F16_MAX_HEAD KERNEL_ATTENTION_MAX_HS
+
+const char *kv_dtype_name(enum kv_dtype dtype) {
+    return dtype == KV_DTYPE_F16 ? "f16" : "f32";
+}
+
+int kv_dtype_parse(const char *text, enum kv_dtype *out) {
+    if (strcmp(text, "f32") == 0) {
+        *out = KV_DTYPE_F32;
+    } else if (strcmp(text, "f16") == 0) {
+        *out = KV_DTYPE_F16;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 struct kv_cache *kv_cache_create(const struct model *model, size_t budget_bytes, char *err,
                                  size_t err_size) {
+    return kv_cache_create_with(model, budget_bytes, KV_DTYPE_F32, err, err_size);
+}
+
+struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_bytes,
+                                      enum kv_dtype dtype, char *err, size_t err_size) {
     const struct model_config *cfg = model_get_config(model);
-    size_t block_floats = (size_t)cfg->n_layer * 2 * KV_BLOCK_SIZE * (size_t)cfg->n_embd;
-    size_t block_bytes = block_floats * sizeof(float);
+    enum kernel_wtype etype = dtype == KV_DTYPE_F16 ? KERNEL_W_F16 : KERNEL_W_F32;
+    if (etype == KERNEL_W_F16 && cfg->n_embd / cfg->n_head > KV_F16_MAX_HEAD) {
+        snprintf(err, err_size, "an f16 KV cache supports head sizes up to %d (this model: %d)",
+                 KV_F16_MAX_HEAD, cfg->n_embd / cfg->n_head);
+        return NULL;
+    }
+    size_t block_elems = (size_t)cfg->n_layer * 2 * KV_BLOCK_SIZE * (size_t)cfg->n_embd;
+    size_t block_bytes = block_elems * kernel_wtype_size(etype);
     size_t n_blocks = budget_bytes / block_bytes;
     if (n_blocks == 0) {
         snprintf(err, err_size, "KV cache budget of %zu bytes is less than one block (%zu bytes)",
@@ -34,8 +63,9 @@ struct kv_cache *kv_cache_create(const struct model *model, size_t budget_bytes,
     kv->n_layer = cfg->n_layer;
     kv->n_embd = cfg->n_embd;
     kv->n_ctx = cfg->n_ctx;
-    kv->block_floats = block_floats;
-    /* 64-byte aligned for vector loads; block_bytes is a multiple of 64 (16 rows of C floats). */
+    kv->block_elems = block_elems;
+    kv->etype = etype;
+    /* 64-byte aligned for vector loads (aligned_alloc wants a multiple of 64 bytes). */
     size_t data_bytes = (n_blocks * block_bytes + 63) / 64 * 64;
     kv->data = aligned_alloc(64, data_bytes);
     kv->refcount = calloc(n_blocks, sizeof(*kv->refcount));
@@ -77,7 +107,11 @@ int32_t kv_cache_n_blocks_free(const struct kv_cache *kv) {
 }
 
 size_t kv_cache_bytes_per_block(const struct kv_cache *kv) {
-    return kv->block_floats * sizeof(float);
+    return kv->block_elems * kernel_wtype_size(kv->etype);
+}
+
+enum kv_dtype kv_cache_dtype(const struct kv_cache *kv) {
+    return kv->etype == KERNEL_W_F16 ? KV_DTYPE_F16 : KV_DTYPE_F32;
 }
 
 static int32_t block_pop(struct kv_cache *kv) {
@@ -137,8 +171,9 @@ enum kv_status kv_seq_reserve(struct kv_cache *kv, struct kv_seq *seq, int32_t n
             /* Copy-on-write: the other holders keep the original. */
             int32_t old = seq->blocks[i];
             int32_t fresh = block_pop(kv);
-            memcpy(kv->data + (size_t)fresh * kv->block_floats,
-                   kv->data + (size_t)old * kv->block_floats, kv->block_floats * sizeof(float));
+            size_t block_bytes = kv_cache_bytes_per_block(kv);
+            memcpy((char *)kv->data + (size_t)fresh * block_bytes,
+                   (const char *)kv->data + (size_t)old * block_bytes, block_bytes);
             block_release(kv, old);
             seq->blocks[i] = fresh;
         }

@@ -887,15 +887,16 @@ static void attention_task(void *ctx, int32_t i_task, int32_t i_thread) {
     float *scores = f->s->scores + (size_t)i_thread * (size_t)f->s->n_ctx;
     enum kernel_isa isa = f->model->isa;
     /* The head's K and V of position 0 of block 0; kernel_attention walks the block table. */
+    size_t esize = kernel_wtype_size(f->kv->etype);
     size_t layer_off = (size_t)f->layer * 2 * KV_BLOCK_SIZE * (size_t)c->n_embd + (size_t)h * hs;
-    const float *k_base = f->kv->data + layer_off;
-    const float *v_base = k_base + (size_t)KV_BLOCK_SIZE * (size_t)c->n_embd;
+    const char *k_base = (const char *)f->kv->data + layer_off * esize;
+    const char *v_base = k_base + (size_t)KV_BLOCK_SIZE * (size_t)c->n_embd * esize;
     for (int32_t i = 0; i < bs->n_tokens; i++) {
         int32_t row = f->s->row0[i_seq] + i;
         int32_t pos = bs->kv->n_pos + i;
         const float *q = f->s->qkv + (size_t)row * c3 + (size_t)h * hs;
         float *out = f->s->att + (size_t)row * c->n_embd + (size_t)h * hs;
-        kernel_attention(isa, q, k_base, v_base, bs->kv->blocks, f->kv->block_floats,
+        kernel_attention(isa, q, k_base, v_base, f->kv->etype, bs->kv->blocks, f->kv->block_elems,
                          (size_t)c->n_embd, pos + 1, hs, scale, scores, out);
     }
 }
@@ -1004,9 +1005,15 @@ int model_forward(struct model *model, struct kv_cache *kv, struct model_scratch
             for (int32_t j = 0; j < seqs[i].n_tokens; j++, row++) {
                 int32_t pos = seqs[i].kv->n_pos + j;
                 const float *src = scratch->qkv + (size_t)row * 3 * C;
-                memcpy(kv_cache_row(kv, seqs[i].kv, l, 0, pos), src + C, (size_t)C * sizeof(float));
-                memcpy(kv_cache_row(kv, seqs[i].kv, l, 1, pos), src + 2 * C,
-                       (size_t)C * sizeof(float));
+                for (int is_v = 0; is_v < 2; is_v++) {
+                    size_t at = kv_cache_row_index(kv, seqs[i].kv, l, is_v, pos);
+                    const float *from = src + (size_t)(1 + is_v) * C;
+                    if (kv->etype == KERNEL_W_F16) {
+                        kernel_f32_to_f16(model->isa, from, (uint16_t *)kv->data + at, (size_t)C);
+                    } else {
+                        memcpy((float *)kv->data + at, from, (size_t)C * sizeof(float));
+                    }
+                }
             }
         }
         pool_run(cur_pool(), attention_task, &f, n_seqs * c->n_head);

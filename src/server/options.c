@@ -96,6 +96,8 @@ static const struct opt opts[] = {
      "memory, faster decode; default auto)"},
     {"kv-cache-mb", 0, NUM(OPT_MIB, engine.kv_cache_bytes, 1, 1 << 20),
      "KV cache budget in MiB (default 256)"},
+    {"kv-cache-dtype", 0, STR(kv_dtype),
+     "f32 (exact) or f16 (twice the tokens per MiB, K/V rounded; default f32)"},
     {"prefill-chunk", 0, NUM(OPT_I32, engine.prefill_chunk, 0, 1 << 20),
      "rows per step for a long prompt while others decode (default 12; 0 = no limit)"},
     {"max-batch-tokens", 0, NUM(OPT_I32, engine.max_batch_tokens, 1, 1 << 20),
@@ -148,6 +150,7 @@ void server_options_init(struct server_options *o) {
     o->server.served_model_name[0] = '\0'; /* filled from the model directory later */
     snprintf(o->log_level, sizeof(o->log_level), "info");
     snprintf(o->weights, sizeof(o->weights), "auto");
+    snprintf(o->kv_dtype, sizeof(o->kv_dtype), "f32");
 }
 
 void server_options_finish(struct server_options *o) {
