@@ -797,9 +797,10 @@ void kernel_attention(enum kernel_isa isa, const float *q, const void *k_base, c
         return;
     }
 #endif
-    /* Generic: each 16-bit row is widened into row (exact) and takes the float32 path. */
+    /* Generic: each 16-bit row is widened into row (exact) and takes the float32 path. hs fits:
+     * kv_cache_create_with refuses an f16 cache for larger heads. */
     float row[KERNEL_ATTENTION_MAX_HS];
-    int is_f16 = kv_type == KERNEL_W_F16 && hs <= KERNEL_ATTENTION_MAX_HS;
+    int is_f16 = kv_type == KERNEL_W_F16;
     float max = -INFINITY;
     for (int32_t t = 0; t < n; t++) {
         size_t at = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;

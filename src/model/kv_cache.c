@@ -12,9 +12,6 @@
 #include "gptd/model.h"
 #include "kv_cache_internal.h"
 
-/* Head sizes the F16 cache's attention widens a row of on the stack for (kernels.h). */
-#define KV_F16_MAX_HEAD KERNEL_ATTENTION_MAX_HS
-
 const char *kv_dtype_name(enum kv_dtype dtype) {
     return dtype == KV_DTYPE_F16 ? "f16" : "f32";
 }
@@ -39,9 +36,10 @@ struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_b
                                       enum kv_dtype dtype, char *err, size_t err_size) {
     const struct model_config *cfg = model_get_config(model);
     enum kernel_wtype etype = dtype == KV_DTYPE_F16 ? KERNEL_W_F16 : KERNEL_W_F32;
-    if (etype == KERNEL_W_F16 && cfg->n_embd / cfg->n_head > KV_F16_MAX_HEAD) {
+    /* Attention widens an f16 row on the stack (kernels.h). */
+    if (etype == KERNEL_W_F16 && cfg->n_embd / cfg->n_head > KERNEL_ATTENTION_MAX_HS) {
         snprintf(err, err_size, "an f16 KV cache supports head sizes up to %d (this model: %d)",
-                 KV_F16_MAX_HEAD, cfg->n_embd / cfg->n_head);
+                 KERNEL_ATTENTION_MAX_HS, cfg->n_embd / cfg->n_head);
         return NULL;
     }
     size_t block_elems = (size_t)cfg->n_layer * 2 * KV_BLOCK_SIZE * (size_t)cfg->n_embd;
