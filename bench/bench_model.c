@@ -22,10 +22,11 @@
 
 #include <cblas.h>
 
+#include <gptd/model.h>
+#include <gptd/util.h>
+
 #include "../src/model/kernels.h"
 #include "../src/model/pool.h"
-#include "gptd/model.h"
-#include "gptd/util.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gptd/tokenizer.h"
-#include "gptd/util.h"
+#include <gptd/tokenizer.h>
+#include <gptd/util.h>
 
 /* Our own mixed sample: prose, several scripts, code, numbers, whitespace runs. */
 static const char sample[] =

@@ -24,14 +24,14 @@ static void check_error(const struct api_error *e) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *body = (const char *)data;
     struct request_limits lim;
-    request_limits_init_default(&lim);
+    server_request_limits_init_default(&lim);
     lim.n_vocab = 50257;
     lim.n_ctx = 1024;
     lim.max_token_bytes = 128;
     struct completion_request r;
     struct api_error err;
-    request_init(&r);
-    if (request_parse_completion(body, size, &lim, "gpt2", &r, &err) == 0) {
+    server_request_init(&r);
+    if (server_request_parse_completion(body, size, &lim, "gpt2", &r, &err) == 0) {
         FUZZ_CHECK(r.n_prompts >= 1 && r.n_prompts <= (size_t)lim.max_prompts);
         FUZZ_CHECK(r.n >= 1 && r.best_of >= r.n && r.best_of <= lim.max_n);
         FUZZ_CHECK(r.max_tokens >= 0 && r.max_tokens <= lim.n_ctx);
@@ -49,14 +49,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 FUZZ_CHECK(p->ids[j] >= 0 && p->ids[j] < lim.n_vocab);
             }
         }
-        request_finish(&r);
+        server_request_finish(&r);
     } else {
         check_error(&err);
     }
 
     char *text = NULL;
     size_t text_len = 0;
-    if (request_parse_tokenize(body, size, &text, &text_len, &err) == 0) {
+    if (server_request_parse_tokenize(body, size, &text, &text_len, &err) == 0) {
         FUZZ_CHECK(utf8_is_valid(text, text_len));
         free(text);
     } else {
@@ -64,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    if (request_parse_detokenize(body, size, &lim, &ids, &n_ids, &err) == 0) {
+    if (server_request_parse_detokenize(body, size, &lim, &ids, &n_ids, &err) == 0) {
         for (size_t i = 0; i < n_ids; i++) {
             FUZZ_CHECK(ids[i] >= 0 && ids[i] < lim.n_vocab);
         }

@@ -9,9 +9,10 @@
 
 #include <check.h>
 
+#include <gptd/model.h>
+#include <gptd/util.h>
+
 #include "../src/model/kv_cache_internal.h"
-#include "gptd/model.h"
-#include "gptd/util.h"
 
 static struct model *g_model;
 static struct kv_cache *g_kv;

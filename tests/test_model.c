@@ -18,9 +18,10 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 
+#include <gptd/model.h>
+#include <gptd/util.h>
+
 #include "../src/model/kernels.h"
-#include "gptd/model.h"
-#include "gptd/util.h"
 
 /* ---- test helpers: safetensors files in temp directories ---- */
 

@@ -161,7 +161,7 @@ static const struct parse_case cases[] = {
 };
 
 static void limits(struct request_limits *lim) {
-    request_limits_init_default(lim);
+    server_request_limits_init_default(lim);
     lim->n_vocab = 50257;
     lim->n_ctx = 1024;
     lim->max_prompts = 4;
@@ -175,12 +175,12 @@ START_TEST(test_request_parse_table_gives_expected_status_code_and_param) {
     struct api_error err;
     memset(&err, 0, sizeof(err));
     size_t len = c->len != 0 ? c->len : strlen(c->body);
-    int rc = request_parse_completion(c->body, len, &lim, "gpt2", &r, &err);
+    int rc = server_request_parse_completion(c->body, len, &lim, "gpt2", &r, &err);
     if (c->status == 0) {
         ck_assert_msg(rc == 0, "%s: expected success, got %s (%s)", c->name,
                       err.code ? err.code : "?", err.message);
         ck_assert_uint_ge(r.n_prompts, 1);
-        request_finish(&r);
+        server_request_finish(&r);
         return;
     }
     ck_assert_msg(rc == -1, "%s: expected an error", c->name);
@@ -214,7 +214,8 @@ START_TEST(test_request_parse_fills_every_field) {
     limits(&lim);
     struct completion_request r;
     struct api_error err;
-    ck_assert_int_eq(request_parse_completion(body, strlen(body), &lim, "gpt2", &r, &err), 0);
+    ck_assert_int_eq(server_request_parse_completion(body, strlen(body), &lim, "gpt2", &r, &err),
+                     0);
     ck_assert_uint_eq(r.n_prompts, 2);
     ck_assert_str_eq(r.prompts[0].text, "a");
     ck_assert_str_eq(r.prompts[1].text, "bc");
@@ -242,7 +243,7 @@ START_TEST(test_request_parse_fills_every_field) {
     ck_assert_float_eq_tol(r.length_penalty, 0.8f, 1e-6f);
     ck_assert_int_eq(r.sampling.candidates, 3);
     ck_assert(!r.stream);
-    request_finish(&r);
+    server_request_finish(&r);
 }
 END_TEST
 
@@ -252,7 +253,8 @@ START_TEST(test_request_parse_defaults_match_openai) {
     limits(&lim);
     struct completion_request r;
     struct api_error err;
-    ck_assert_int_eq(request_parse_completion(body, strlen(body), &lim, "gpt2", &r, &err), 0);
+    ck_assert_int_eq(server_request_parse_completion(body, strlen(body), &lim, "gpt2", &r, &err),
+                     0);
     ck_assert_int_eq(r.max_tokens, 16);
     ck_assert_float_eq(r.sampling.temperature, 1.0f);
     ck_assert_float_eq(r.sampling.top_p, 1.0f);
@@ -263,7 +265,7 @@ START_TEST(test_request_parse_defaults_match_openai) {
     ck_assert(!r.has_model);
     ck_assert_uint_eq(r.prompts[0].text_len, 5);
     ck_assert_ptr_null(r.prompts[0].ids);
-    request_finish(&r);
+    server_request_finish(&r);
 }
 END_TEST
 
@@ -274,11 +276,11 @@ START_TEST(test_request_parse_streaming_with_usage) {
     limits(&lim);
     struct completion_request r;
     struct api_error err;
-    ck_assert_int_eq(request_parse_completion(body, strlen(body), &lim, NULL, &r, &err), 0);
+    ck_assert_int_eq(server_request_parse_completion(body, strlen(body), &lim, NULL, &r, &err), 0);
     ck_assert(r.stream && r.include_usage);
     ck_assert_uint_eq(r.prompts[0].n_ids, 3);
     ck_assert_int_eq(r.prompts[0].ids[2], 3);
-    request_finish(&r);
+    server_request_finish(&r);
 }
 END_TEST
 
@@ -297,7 +299,7 @@ START_TEST(test_request_parse_refuses_deep_nesting) {
     limits(&lim);
     struct completion_request r;
     struct api_error err;
-    ck_assert_int_eq(request_parse_completion(body, len, &lim, NULL, &r, &err), -1);
+    ck_assert_int_eq(server_request_parse_completion(body, len, &lim, NULL, &r, &err), -1);
     ck_assert_str_eq(err.code, "invalid_json");
     free(body);
 }
@@ -316,7 +318,7 @@ START_TEST(test_request_parse_refuses_huge_objects) {
     limits(&lim);
     struct completion_request r;
     struct api_error err;
-    ck_assert_int_eq(request_parse_completion(b.data, b.len, &lim, NULL, &r, &err), -1);
+    ck_assert_int_eq(server_request_parse_completion(b.data, b.len, &lim, NULL, &r, &err), -1);
     ck_assert_str_eq(err.code, "invalid_body");
     sbuf_finish(&b);
 }
@@ -329,22 +331,22 @@ START_TEST(test_request_parse_tokenize_and_detokenize_bodies) {
     char *text;
     size_t len;
     const char *t1 = "{\"prompt\":\"Hello world\"}";
-    ck_assert_int_eq(request_parse_tokenize(t1, strlen(t1), &text, &len, &err), 0);
+    ck_assert_int_eq(server_request_parse_tokenize(t1, strlen(t1), &text, &len, &err), 0);
     ck_assert_str_eq(text, "Hello world");
     ck_assert_uint_eq(len, 11);
     free(text);
     const char *t2 = "{\"prompt\":5}";
-    ck_assert_int_eq(request_parse_tokenize(t2, strlen(t2), &text, &len, &err), -1);
+    ck_assert_int_eq(server_request_parse_tokenize(t2, strlen(t2), &text, &len, &err), -1);
     ck_assert_str_eq(err.code, "invalid_type");
     int32_t *ids;
     size_t n;
     const char *d1 = "{\"tokens\":[15496,11]}";
-    ck_assert_int_eq(request_parse_detokenize(d1, strlen(d1), &lim, &ids, &n, &err), 0);
+    ck_assert_int_eq(server_request_parse_detokenize(d1, strlen(d1), &lim, &ids, &n, &err), 0);
     ck_assert_uint_eq(n, 2);
     ck_assert_int_eq(ids[0], 15496);
     free(ids);
     const char *d2 = "{\"tokens\":[99999]}";
-    ck_assert_int_eq(request_parse_detokenize(d2, strlen(d2), &lim, &ids, &n, &err), -1);
+    ck_assert_int_eq(server_request_parse_detokenize(d2, strlen(d2), &lim, &ids, &n, &err), -1);
     ck_assert_str_eq(err.code, "invalid_token_id");
 }
 END_TEST

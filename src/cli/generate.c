@@ -17,11 +17,12 @@
 
 #include <cjson/cJSON.h>
 
+#include <gptd/model.h>
+#include <gptd/sampling.h>
+#include <gptd/tokenizer.h>
+#include <gptd/util.h>
+
 #include "cli.h"
-#include "gptd/model.h"
-#include "gptd/sampling.h"
-#include "gptd/tokenizer.h"
-#include "gptd/util.h"
 
 static const char generate_usage[] =
     "usage: gptd generate [-m MODEL_DIR] (-p TEXT | --prompt-ids 1,2,3) [-n N] [--ignore-eos]\n"

@@ -13,8 +13,9 @@
 
 #include <cjson/cJSON.h>
 
+#include <gptd/tokenizer.h>
+
 #include "cli.h"
-#include "gptd/tokenizer.h"
 
 static const char tokenize_usage[] =
     "usage: gptd tokenize -m MODEL_DIR [--json] [--no-special] [FILE|-]\n"

@@ -143,7 +143,7 @@ static void event_init(struct engine_event *ev, enum engine_event_type type, int
 
 /* Pushes ev; a reader too far behind gets its request cancelled (it will never catch up). */
 static void push_locked(struct engine_request *req, const struct engine_event *ev) {
-    if (request_push_locked(req, ev) != 0) {
+    if (engine_request_push_locked(req, ev) != 0) {
         log_warn("engine: a client fell %d events behind; cancelling its request", ENGINE_RING_MAX);
         atomic_store(&req->is_cancelled, true);
     }
@@ -188,10 +188,10 @@ static void request_fail(struct engine *e, struct engine_request *req, enum engi
     event_init(&ev, ENGINE_EVENT_ERROR, 0);
     ev.error = st;
     snprintf(ev.error_message, sizeof(ev.error_message), "%s", message);
-    request_lock(req);
+    engine_request_lock(req);
     push_locked(req, &ev);
-    request_mark_done_locked(req);
-    request_unlock_notify(req);
+    engine_request_mark_done_locked(req);
+    engine_request_unlock_notify(req);
     (void)e;
 }
 
@@ -271,8 +271,8 @@ static void running_remove(struct engine *e, struct engine_request *req) {
 
 /* The engine is done with req: free its sequences and drop the engine's reference. */
 static void request_retire(struct engine *e, struct engine_request *req) {
-    request_free_seqs(e, req);
-    request_unref(req);
+    engine_request_free_seqs(e, req);
+    engine_request_unref(req);
 }
 
 /* Frees the KV blocks of every sequence; tokens, samplers and matchers stay. */
@@ -307,7 +307,7 @@ static void request_cancelled(struct engine *e, struct engine_request *req, bool
         request_fail(e, req, ENGINE_ERR_DRAINING, "the server is shutting down");
     } else {
         struct engine_event ev;
-        request_lock(req);
+        engine_request_lock(req);
         for (int32_t i = 0; i < req->n_seqs; i++) {
             if (req->seqs[i].state != SEQ_STATE_FINISHED) {
                 event_init(&ev, ENGINE_EVENT_FINISH, req->seqs[i].index);
@@ -317,8 +317,8 @@ static void request_cancelled(struct engine *e, struct engine_request *req, bool
                 push_locked(req, &ev);
             }
         }
-        request_mark_done_locked(req);
-        request_unlock_notify(req);
+        engine_request_mark_done_locked(req);
+        engine_request_unlock_notify(req);
     }
     atomic_fetch_add(&e->m_cancelled, 1);
     request_retire(e, req);
@@ -523,9 +523,9 @@ static void plan_step(struct engine *e, struct step_plan *plan) {
                          (double)(now - req->t_submit_us) / 1e6);
             struct engine_event ev;
             event_init(&ev, ENGINE_EVENT_ADMITTED, 0);
-            request_lock(req);
+            engine_request_lock(req);
             push_locked(req, &ev);
-            request_unlock_notify(req);
+            engine_request_unlock_notify(req);
         }
         req->is_admitted = true;
         req->admit_order = ++e->admit_counter;
@@ -587,7 +587,7 @@ static void emit_prompt_logprobs(struct engine *e, struct engine_request *req, i
                                  int32_t n_rows, const float *logits) {
     int32_t k = req->params.sampling.logprobs > 0 ? req->params.sampling.logprobs : 0;
     struct engine_event ev;
-    request_lock(req);
+    engine_request_lock(req);
     for (int32_t r = 0; r < n_rows; r++) {
         int32_t pos = start + r; /* this row predicts prompt token pos + 1 */
         if (pos + 1 >= req->n_prompt || pos < req->n_prompt_logprobs_done) {
@@ -602,7 +602,7 @@ static void emit_prompt_logprobs(struct engine *e, struct engine_request *req, i
         push_locked(req, &ev);
         req->n_prompt_logprobs_done = pos + 1;
     }
-    request_unlock_notify(req);
+    engine_request_unlock_notify(req);
 }
 
 static void seq_finish_locked(struct engine *e, struct seq *seq, enum engine_finish_reason why,
@@ -658,9 +658,9 @@ static void seq_sample(struct engine *e, struct seq *seq, const float *row, int6
     struct engine_event ev;
 
     if (sp->max_tokens == 0) { /* echo-only request: nothing to generate */
-        request_lock(req);
+        engine_request_lock(req);
         seq_finish_locked(e, seq, ENGINE_FINISH_LENGTH, -1, -1);
-        request_unlock_notify(req);
+        engine_request_unlock_notify(req);
         return;
     }
     int32_t token = sampler_sample(seq->sampler, row, res);
@@ -668,13 +668,13 @@ static void seq_sample(struct engine *e, struct seq *seq, const float *row, int6
         /* Every token was banned (logit_bias): nothing can follow. */
         size_t len = 0;
         int32_t i_stop = seq_flush_text(seq, text, text_cap, &len);
-        request_lock(req);
+        engine_request_lock(req);
         if (len > 0) {
             event_init(&ev, ENGINE_EVENT_TOKEN, seq->index);
             push_text_locked(req, &ev, text, len);
         }
         seq_finish_locked(e, seq, ENGINE_FINISH_STOP, -1, i_stop);
-        request_unlock_notify(req);
+        engine_request_unlock_notify(req);
         return;
     }
     enum sampler_finish fin = sampler_accept(seq->sampler, token);
@@ -725,7 +725,7 @@ static void seq_sample(struct engine *e, struct seq *seq, const float *row, int6
         }
     }
 
-    request_lock(req);
+    engine_request_lock(req);
     event_init(&ev, ENGINE_EVENT_TOKEN, seq->index);
     ev.token = token;
     if (sp->logprobs >= 0 && res->has_logprobs) {
@@ -751,7 +751,7 @@ static void seq_sample(struct engine *e, struct seq *seq, const float *row, int6
             fin == SAMPLER_FINISH_STOP_TOKEN || fin == SAMPLER_FINISH_EOS ? token : -1;
         seq_finish_locked(e, seq, why, stop_token, i_stop);
     }
-    request_unlock_notify(req);
+    engine_request_unlock_notify(req);
 }
 
 /* Sequence 0 finished its prompt: the other sequences of its group share those blocks. */
@@ -820,7 +820,7 @@ static void beam_finalize(struct engine *e, struct engine_request *req) {
     }
     struct engine_event ev;
     char piece[ENGINE_EVENT_TEXT_MAX];
-    request_lock(req);
+    engine_request_lock(req);
     for (int32_t r = 0; r < p->n && r < n_all; r++) {
         int32_t c = order[r];
         bool is_hyp = c < req->n_hyps;
@@ -847,7 +847,7 @@ static void beam_finalize(struct engine *e, struct engine_request *req) {
         ev.sum_logprob = is_hyp ? req->hyp_sum[c] : seq->beam_score;
         push_locked(req, &ev);
     }
-    request_unlock_notify(req);
+    engine_request_unlock_notify(req);
     for (int32_t i = 0; i < w; i++) {
         struct seq *seq = &req->seqs[i];
         if (seq->state != SEQ_STATE_FINISHED) {
@@ -1004,9 +1004,9 @@ static void retire_finished(struct engine *e, int64_t now_us) {
             continue;
         }
         running_remove(e, req);
-        request_lock(req);
-        request_mark_done_locked(req);
-        request_unlock_notify(req);
+        engine_request_lock(req);
+        engine_request_mark_done_locked(req);
+        engine_request_unlock_notify(req);
         atomic_fetch_add(&e->m_completed, 1);
         hist_observe(&e->h_e2e, engine_hist_seconds_bounds,
                      (double)(now_us - req->t_submit_us) / 1e6);

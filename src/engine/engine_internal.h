@@ -137,17 +137,17 @@ struct engine {
 };
 
 /* Frees a request's sequences (KV blocks back to the pool, samplers, matchers). */
-void request_free_seqs(struct engine *engine, struct engine_request *req);
+void engine_request_free_seqs(struct engine *engine, struct engine_request *req);
 
 /* Pushes a copy of ev; returns 0, or -1 when the reader is too far behind. Engine thread. */
-int request_push_locked(struct engine_request *req, const struct engine_event *ev);
-void request_lock(struct engine_request *req);
-/* Unlocks after calling notify if anything was pushed since request_lock. */
-void request_unlock_notify(struct engine_request *req);
+int engine_request_push_locked(struct engine_request *req, const struct engine_event *ev);
+void engine_request_lock(struct engine_request *req);
+/* Unlocks after calling notify if anything was pushed since engine_request_lock. */
+void engine_request_unlock_notify(struct engine_request *req);
 /* Marks the channel done (no more events). Call with the lock held. */
-void request_mark_done_locked(struct engine_request *req);
+void engine_request_mark_done_locked(struct engine_request *req);
 /* Drops one reference; frees at zero. */
-void request_unref(struct engine_request *req);
+void engine_request_unref(struct engine_request *req);
 
 void hist_observe(struct hist_acc *h, const double *bounds, double value);
 void hist_snapshot(const struct hist_acc *h, struct engine_histogram *out);

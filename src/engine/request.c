@@ -152,7 +152,7 @@ struct engine_request *engine_request_create(const struct engine *cengine,
     return req;
 fail:
     if (req != NULL) {
-        request_free_seqs(engine, req);
+        engine_request_free_seqs(engine, req);
         free(req->seqs);
         free(req->hyp_tokens);
         free(req->hyp_len);
@@ -166,7 +166,7 @@ fail:
     return NULL;
 }
 
-void request_free_seqs(struct engine *engine, struct engine_request *req) {
+void engine_request_free_seqs(struct engine *engine, struct engine_request *req) {
     if (req->seqs == NULL) {
         return;
     }
@@ -182,10 +182,10 @@ void request_free_seqs(struct engine *engine, struct engine_request *req) {
     }
 }
 
-static void request_free(struct engine_request *req) {
+static void engine_request_free(struct engine_request *req) {
     /* Usually the engine tore the sequences down before dropping its reference; a request that
      * was never admitted (rejected at submit) still has them, with no KV blocks in use. */
-    request_free_seqs(req->engine, req);
+    engine_request_free_seqs(req->engine, req);
     free(req->seqs);
     free(req->hyp_tokens);
     free(req->hyp_len);
@@ -196,9 +196,9 @@ static void request_free(struct engine_request *req) {
     free(req);
 }
 
-void request_unref(struct engine_request *req) {
+void engine_request_unref(struct engine_request *req) {
     if (atomic_fetch_sub(&req->refs, 1) == 1) {
-        request_free(req);
+        engine_request_free(req);
     }
 }
 
@@ -213,7 +213,7 @@ void engine_request_release(struct engine_request *req) {
     req->notify_ctx = NULL;
     pthread_mutex_unlock(&req->lock);
     atomic_store(&req->is_cancelled, true);
-    request_unref(req);
+    engine_request_unref(req);
 }
 
 void engine_request_cancel(struct engine_request *req) {
@@ -239,18 +239,18 @@ bool engine_request_is_done(struct engine_request *req) {
     return done;
 }
 
-void request_lock(struct engine_request *req) {
+void engine_request_lock(struct engine_request *req) {
     pthread_mutex_lock(&req->lock);
 }
 
-void request_unlock_notify(struct engine_request *req) {
+void engine_request_unlock_notify(struct engine_request *req) {
     if (req->notify != NULL) {
         req->notify(req->notify_ctx);
     }
     pthread_mutex_unlock(&req->lock);
 }
 
-void request_mark_done_locked(struct engine_request *req) {
+void engine_request_mark_done_locked(struct engine_request *req) {
     req->is_done = true;
 }
 
@@ -273,7 +273,7 @@ static int ring_grow_locked(struct engine_request *req) {
     return 0;
 }
 
-int request_push_locked(struct engine_request *req, const struct engine_event *ev) {
+int engine_request_push_locked(struct engine_request *req, const struct engine_event *ev) {
     if (req->ring_len == req->ring_cap && ring_grow_locked(req) != 0) {
         return -1;
     }

@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#include "gptd/model.h"
+#include <gptd/model.h>
 
 /* The public config plus what only the loader needs. */
 struct model_config_ext {

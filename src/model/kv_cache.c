@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gptd/model.h"
+#include <gptd/model.h>
+
 #include "kv_cache_internal.h"
 
 const char *kv_dtype_name(enum kv_dtype dtype) {

@@ -8,7 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gptd/model.h"
+#include <gptd/model.h>
+
 #include "kernels.h"
 
 struct kv_cache {

@@ -22,8 +22,6 @@
  *   batch around it, which is what makes a batch bit-identical to its sequences run alone.
  * - No allocation in model_forward: struct model_scratch holds every buffer.
  */
-#include "gptd/model.h"
-
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -36,8 +34,10 @@
 #include <cblas.h>
 #include <cjson/cJSON.h>
 
+#include <gptd/model.h>
+#include <gptd/util.h>
+
 #include "config.h"
-#include "gptd/util.h"
 #include "half.h"
 #include "kernels.h"
 #include "kv_cache_internal.h"

@@ -37,23 +37,23 @@ int api_error_set(struct api_error *e, int status, const char *type, const char 
     return -1;
 }
 
-void request_limits_init_default(struct request_limits *lim) {
+void server_request_limits_init_default(struct request_limits *lim) {
     memset(lim, 0, sizeof(*lim));
     lim->max_n = 16;
     lim->max_prompts = 16;
 }
 
-void request_init(struct completion_request *r) {
+void server_request_init(struct completion_request *r) {
     memset(r, 0, sizeof(*r));
 }
 
-void request_finish(struct completion_request *r) {
+void server_request_finish(struct completion_request *r) {
     for (size_t i = 0; i < r->n_prompts; i++) {
         free(r->prompts[i].text);
         free(r->prompts[i].ids);
     }
     free(r->prompts);
-    request_init(r);
+    server_request_init(r);
 }
 
 /* Every field name we read, so that a `param` can point at a static string. */
@@ -183,7 +183,7 @@ static int check_duplicates(const cJSON *node, int depth, struct api_error *err,
     return 0;
 }
 
-void *request_parse_json(const char *body, size_t len, struct api_error *err) {
+void *server_request_parse_json(const char *body, size_t len, struct api_error *err) {
     if (precheck(body, len, err) != 0) {
         return NULL;
     }
@@ -706,12 +706,12 @@ static void sampling_defaults(struct sampling_params *p) {
     p->logprobs = -1;
 }
 
-int request_parse_completion(const char *body, size_t len, const struct request_limits *lim,
-                             const char *served_model, struct completion_request *out,
-                             struct api_error *err) {
-    request_init(out);
+int server_request_parse_completion(const char *body, size_t len, const struct request_limits *lim,
+                                    const char *served_model, struct completion_request *out,
+                                    struct api_error *err) {
+    server_request_init(out);
     sampling_defaults(&out->sampling);
-    cJSON *root = request_parse_json(body, len, err);
+    cJSON *root = server_request_parse_json(body, len, err);
     if (root == NULL) {
         return -1;
     }
@@ -734,7 +734,7 @@ int request_parse_completion(const char *body, size_t len, const struct request_
     }
     cJSON_Delete(root);
     if (rc != 0) {
-        request_finish(out);
+        server_request_finish(out);
         return -1;
     }
     return 0;
@@ -750,8 +750,8 @@ static int context_error(struct api_error *err, const char *param, int32_t n_ctx
                          n_prompt, max_tokens);
 }
 
-int request_tokenize(struct completion_request *r, struct tokenizer *tok,
-                     const struct request_limits *lim, struct api_error *err) {
+int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
+                            const struct request_limits *lim, struct api_error *err) {
     for (size_t i = 0; i < r->n_prompts; i++) {
         struct prompt *p = &r->prompts[i];
         if (p->ids == NULL) {
@@ -784,11 +784,11 @@ int request_tokenize(struct completion_request *r, struct tokenizer *tok,
     return 0;
 }
 
-int request_parse_tokenize(const char *body, size_t len, char **text, size_t *text_len,
-                           struct api_error *err) {
+int server_request_parse_tokenize(const char *body, size_t len, char **text, size_t *text_len,
+                                  struct api_error *err) {
     *text = NULL;
     *text_len = 0;
-    cJSON *root = request_parse_json(body, len, err);
+    cJSON *root = server_request_parse_json(body, len, err);
     if (root == NULL) {
         return -1;
     }
@@ -812,11 +812,11 @@ int request_parse_tokenize(const char *body, size_t len, char **text, size_t *te
     return rc;
 }
 
-int request_parse_detokenize(const char *body, size_t len, const struct request_limits *lim,
-                             int32_t **ids, size_t *n_ids, struct api_error *err) {
+int server_request_parse_detokenize(const char *body, size_t len, const struct request_limits *lim,
+                                    int32_t **ids, size_t *n_ids, struct api_error *err) {
     *ids = NULL;
     *n_ids = 0;
-    cJSON *root = request_parse_json(body, len, err);
+    cJSON *root = server_request_parse_json(body, len, err);
     if (root == NULL) {
         return -1;
     }

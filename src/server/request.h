@@ -49,9 +49,9 @@ struct request_limits {
 };
 
 /* Defaults: unknown vocabulary and context, max_n 16, max_prompts 16. */
-void request_limits_init_default(struct request_limits *lim);
+void server_request_limits_init_default(struct request_limits *lim);
 
-/* One prompt: text (string forms) and/or token ids (id forms, or after request_tokenize). */
+/* One prompt: text (string forms) and/or token ids (id forms, or after server_request_tokenize). */
 struct prompt {
     char *text; /* owned; valid UTF-8 without NULs, NUL-terminated; NULL for the id forms */
     size_t text_len;
@@ -59,7 +59,7 @@ struct prompt {
     size_t n_ids;
 };
 
-/* A validated completion request. Plain data plus owned prompt arrays (request_finish). */
+/* A validated completion request. Plain data plus owned prompt arrays (server_request_finish). */
 struct completion_request {
     struct prompt *prompts; /* (n_prompts,) owned; each prompt gives n choices */
     size_t n_prompts;
@@ -76,20 +76,20 @@ struct completion_request {
     bool echo;
 };
 
-/* Zeroes *r (so request_finish is safe on it). */
-void request_init(struct completion_request *r);
+/* Zeroes *r (so server_request_finish is safe on it). */
+void server_request_init(struct completion_request *r);
 /* Frees the prompts; *r is re-initialised. */
-void request_finish(struct completion_request *r);
+void server_request_finish(struct completion_request *r);
 
 /*
  * Parses and validates a /v1/completions body (body[0..len), need not be NUL-terminated).
  * served_model is the name the server answers to (for has_model/model_matches; may be NULL).
- * Returns 0 and fills *out (the caller calls request_finish), or -1 with *err filled (400) and
- * *out left empty.
+ * Returns 0 and fills *out (the caller calls server_request_finish), or -1 with *err filled (400)
+ * and *out left empty.
  */
-int request_parse_completion(const char *body, size_t len, const struct request_limits *lim,
-                             const char *served_model, struct completion_request *out,
-                             struct api_error *err);
+int server_request_parse_completion(const char *body, size_t len, const struct request_limits *lim,
+                                    const char *served_model, struct completion_request *out,
+                                    struct api_error *err);
 
 /*
  * Tokenizes every text prompt (ids stay as given) and checks the context rule:
@@ -97,8 +97,8 @@ int request_parse_completion(const char *body, size_t len, const struct request_
  * the prompt alone does not fit, "max_tokens" otherwise) with both numbers in the message.
  * Returns 0 or -1 with *err filled.
  */
-int request_tokenize(struct completion_request *r, struct tokenizer *tok,
-                     const struct request_limits *lim, struct api_error *err);
+int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
+                            const struct request_limits *lim, struct api_error *err);
 
 /*
  * Body checks shared by every JSON route: the pre-scan, the strict parse and the duplicate-key
@@ -106,16 +106,16 @@ int request_tokenize(struct completion_request *r, struct tokenizer *tok,
  * server module) or NULL with *err filled. Declared with void * so that this header does not
  * pull in cJSON.
  */
-void *request_parse_json(const char *body, size_t len, struct api_error *err);
+void *server_request_parse_json(const char *body, size_t len, struct api_error *err);
 
 /* POST /tokenize: {"prompt": string, "add_special_tokens"?: bool}. On success *text is a
  * malloc'd NUL-terminated copy (the caller frees). Returns 0 or -1 with *err. */
-int request_parse_tokenize(const char *body, size_t len, char **text, size_t *text_len,
-                           struct api_error *err);
+int server_request_parse_tokenize(const char *body, size_t len, char **text, size_t *text_len,
+                                  struct api_error *err);
 
 /* POST /detokenize: {"tokens": [ids]}. On success *ids is malloc'd (non-NULL even when empty).
  * Returns 0 or -1 with *err. */
-int request_parse_detokenize(const char *body, size_t len, const struct request_limits *lim,
-                             int32_t **ids, size_t *n_ids, struct api_error *err);
+int server_request_parse_detokenize(const char *body, size_t len, const struct request_limits *lim,
+                                    int32_t **ids, size_t *n_ids, struct api_error *err);
 
 #endif

@@ -192,7 +192,7 @@ static struct conn *conn_create(struct server *s, struct MHD_Connection *c) {
     x->t_start_us = time_now_us();
     sbuf_init(&x->body);
     sbuf_init(&x->out);
-    request_init(&x->req);
+    server_request_init(&x->req);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci != NULL) {
@@ -209,7 +209,7 @@ static void conn_unref(struct conn *x) {
         engine_request_release(x->ereqs[i]); /* normally already released in on_completed */
     }
     completion_builder_destroy(x->builder);
-    request_finish(&x->req);
+    server_request_finish(&x->req);
     sbuf_finish(&x->body);
     sbuf_finish(&x->out);
     pthread_mutex_destroy(&x->mu);
@@ -560,8 +560,8 @@ static enum MHD_Result handle_tokenize(struct conn *x) {
     struct api_error e;
     char *text = NULL;
     size_t len = 0;
-    if (request_parse_tokenize(x->body.data != NULL ? x->body.data : "", x->body.len, &text, &len,
-                               &e) != 0) {
+    if (server_request_parse_tokenize(x->body.data != NULL ? x->body.data : "", x->body.len, &text,
+                                      &len, &e) != 0) {
         return respond_error(x, &e);
     }
     int32_t *ids = NULL;
@@ -593,8 +593,8 @@ static enum MHD_Result handle_detokenize(struct conn *x) {
     struct api_error e;
     int32_t *ids = NULL;
     size_t n = 0;
-    if (request_parse_detokenize(x->body.data != NULL ? x->body.data : "", x->body.len, &s->limits,
-                                 &ids, &n, &e) != 0) {
+    if (server_request_parse_detokenize(x->body.data != NULL ? x->body.data : "", x->body.len,
+                                        &s->limits, &ids, &n, &e) != 0) {
         return respond_error(x, &e);
     }
     size_t len = 0;
@@ -837,8 +837,8 @@ static enum MHD_Result handle_completion(struct conn *x) {
     if (atomic_load(&s->draining) || atomic_load(&s->stopping)) {
         return respond_unavailable(x);
     }
-    if (request_parse_completion(x->body.data != NULL ? x->body.data : "", x->body.len, &s->limits,
-                                 s->cfg.served_model_name, &x->req, &e) != 0) {
+    if (server_request_parse_completion(x->body.data != NULL ? x->body.data : "", x->body.len,
+                                        &s->limits, s->cfg.served_model_name, &x->req, &e) != 0) {
         return respond_error(x, &e);
     }
     if (s->cfg.strict_model && x->req.has_model && !x->req.model_matches) {
@@ -852,7 +852,7 @@ static enum MHD_Result handle_completion(struct conn *x) {
                       "too many prompts");
         return respond_error(x, &e);
     }
-    if (request_tokenize(&x->req, s->tok, &s->limits, &e) != 0) {
+    if (server_request_tokenize(&x->req, s->tok, &s->limits, &e) != 0) {
         return respond_error(x, &e);
     }
     x->is_stream = x->req.stream;
@@ -1277,7 +1277,7 @@ struct server *server_create(const struct server_config *cfg, char *err, size_t 
     s->cfg = *cfg;
     s->t_created_s = time_wall_s();
     snprintf(s->fingerprint, sizeof(s->fingerprint), "fp_gptd_%s", GPTD_VERSION);
-    request_limits_init_default(&s->limits);
+    server_request_limits_init_default(&s->limits);
     pthread_mutex_init(&s->reg_mu, NULL);
     s->keys = auth_keys_create(cfg->api_keys, cfg->n_api_keys);
     if (s->keys == NULL) {

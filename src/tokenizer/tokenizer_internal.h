@@ -22,7 +22,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "gptd/tokenizer.h"
+#include <gptd/tokenizer.h>
 
 /* One merge: the pair (left, right) becomes merged, with priority rank (smaller first). */
 struct bpe_merge_slot {
