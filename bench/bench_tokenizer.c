@@ -1,10 +1,11 @@
 /*
  * bench_tokenizer.c: encode and decode throughput of the GPT-2 tokenizer, one thread.
  *
- * Usage: bench_tokenizer [MODEL_DIR] [MEGABYTES]   (default: $GPTD_SHARED_DIR/models/
- * gpt2-tiny-random, 1 MB). Builds the input deterministically from the sample below: runs of
- * 4-40 consecutive words taken at pseudo-random offsets, so the text mixes English, other
- * scripts, code and numbers the way a prompt mix does, with natural word repetition. Prints MB/s
+ * Usage: bench_tokenizer [MODEL_DIR] [MEGABYTES]   (default: the source tree's
+ * tests/data/gpt2-tiny-random, which has GPT-2's vocabulary; 1 MB). Builds the input
+ * deterministically from the sample below: runs of 4-40 consecutive words taken at pseudo-random
+ * offsets, so the text mixes English, other scripts, code and numbers the way a prompt mix does,
+ * with natural word repetition. Prints MB/s
  * for the first encode (cold pre-token cache), the best of several warm encodes, a cold encode
  * with a fresh tokenizer per run, whole decode and streaming decode. Numbers go to
  * docs/PERFORMANCE.md; run under `flock /tmp/gptd-bench.lock`.
@@ -97,10 +98,7 @@ static double mb_per_s(size_t n_bytes, int64_t us) {
 }
 
 int main(int argc, char **argv) {
-    char dir[1024];
-    const char *shared = getenv("GPTD_SHARED_DIR");
-    snprintf(dir, sizeof(dir), "%s/models/gpt2-tiny-random", shared != NULL ? shared : "../shared");
-    const char *model_dir = argc > 1 ? argv[1] : dir;
+    const char *model_dir = argc > 1 ? argv[1] : GPTD_SOURCE_DIR "/tests/data/gpt2-tiny-random";
     double megabytes = argc > 2 ? atof(argv[2]) : 1.0;
     char err[512];
 

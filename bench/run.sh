@@ -9,16 +9,13 @@
 # against `gptd serve` at concurrency 1, 4, 16, 32 and 64, and wrk for per-request overhead. Raw outputs go to
 # build/bench-results/; summary.md there holds the tables; the plots are written to
 # docs/perf/ (gnuplot, SVG). Takes about 15 minutes (--quick: fewer requests, ~5 minutes).
-# Needs ../shared/models/gpt2-tiny-random for the GPT-2 tokenizer files the server loads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 out=build/bench-results
 model=build/gpt2-124m-random
-shared="${GPTD_SHARED_DIR:-$root/../shared}"
 mkdir -p "$out" docs/perf
 
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
@@ -35,10 +32,8 @@ if [ ! -f "$model/model.safetensors" ]; then
     log "writing the 124M-shaped random model to $model"
     build/tools/make-random-gpt2 "$model" >/dev/null
 fi
-# The server loads a tokenizer from the model directory: GPT-2's files, from ../shared.
-for f in vocab.json merges.txt; do
-    [ -f "$model/$f" ] || cp "$shared/models/gpt2-tiny-random/$f" "$model/$f"
-done
+# The server loads a tokenizer from the model directory: GPT-2's, from the committed tiny model.
+[ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
 
 {
     echo "# Machine"

@@ -28,5 +28,8 @@ _Noreturn void fuzz_fail(const char *file, int line, const char *what);
 const char *fuzz_write_temp(const char *name, const uint8_t *data, size_t size);
 /* The per-process temporary directory (created on first use, removed at exit). */
 const char *fuzz_temp_dir(void);
+/* The tiny GPT-2 of tests/data ($GPTD_TESTDATA_DIR/gpt2-tiny-random; meson compiles in the
+ * source tree's tests/data as the default), for harnesses that need the real vocabulary. */
+const char *fuzz_tiny_model_dir(void);
 
 #endif

@@ -27,12 +27,11 @@ static struct tokenizer *tok;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    const char *shared = getenv("GPTD_SHARED_DIR");
-    char dir[4096], err[512];
-    snprintf(dir, sizeof(dir), "%s/models/gpt2-tiny-random", shared != NULL ? shared : "../shared");
+    char err[512];
+    const char *dir = fuzz_tiny_model_dir();
     tok = tokenizer_load(dir, err, sizeof(err));
     if (tok == NULL) {
-        fprintf(stderr, "fuzz_stream: %s (set GPTD_SHARED_DIR)\n", err);
+        fprintf(stderr, "fuzz_stream: %s: %s (set GPTD_TESTDATA_DIR)\n", dir, err);
         abort();
     }
     return 0;

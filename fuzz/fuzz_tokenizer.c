@@ -1,6 +1,6 @@
 /*
  * fuzz_tokenizer.c: the GPT-2 tokenizer (src/tokenizer/) on arbitrary input, with the real
- * 50,257-token vocabulary from $GPTD_SHARED_DIR/models/gpt2-tiny-random.
+ * 50,257-token vocabulary of tests/data/gpt2-tiny-random.
  *
  * The first byte picks the mode:
  *   even: encode the rest as text (with and without special-token parsing). Valid UTF-8 must
@@ -24,12 +24,11 @@ static struct tokenizer *tok;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    const char *shared = getenv("GPTD_SHARED_DIR");
-    char dir[4096], err[512];
-    snprintf(dir, sizeof(dir), "%s/models/gpt2-tiny-random", shared != NULL ? shared : "../shared");
+    char err[512];
+    const char *dir = fuzz_tiny_model_dir();
     tok = tokenizer_load(dir, err, sizeof(err));
     if (tok == NULL) {
-        fprintf(stderr, "fuzz_tokenizer: %s (set GPTD_SHARED_DIR)\n", err);
+        fprintf(stderr, "fuzz_tokenizer: %s: %s (set GPTD_TESTDATA_DIR)\n", dir, err);
         abort();
     }
     return 0;

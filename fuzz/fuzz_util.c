@@ -46,3 +46,11 @@ const char *fuzz_write_temp(const char *name, const uint8_t *data, size_t size) 
     fclose(f);
     return path;
 }
+
+const char *fuzz_tiny_model_dir(void) {
+    static char dir[4096];
+    const char *d = getenv("GPTD_TESTDATA_DIR");
+    snprintf(dir, sizeof(dir), "%s/gpt2-tiny-random",
+             d != NULL && d[0] != '\0' ? d : GPTD_TESTDATA_DIR);
+    return dir;
+}

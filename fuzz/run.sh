@@ -26,7 +26,6 @@ if [ ! -f build-fuzz/build.ninja ]; then
 fi
 ninja -C build-fuzz $(printf 'fuzz/fuzz_%s ' "${harnesses[@]}") >/dev/null || exit 1
 
-export GPTD_SHARED_DIR="${GPTD_SHARED_DIR:-$(pwd)/../shared}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 status=0

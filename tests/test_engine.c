@@ -1,5 +1,5 @@
 /*
- * test_engine.c: Check suite for src/engine with the real tiny model from ../shared (no HTTP).
+ * test_engine.c: Check suite for src/engine with the real tiny model from tests/data (no HTTP).
  *
  * The central claim: a request's output does not depend on what else the engine is doing —
  * concurrent requests, chunked prefill, preemption under KV pressure. Also: cancellation in
@@ -20,6 +20,8 @@
 #include <gptd/tokenizer.h>
 #include <gptd/util.h>
 
+#include "common.h"
+
 #define MAX_OUT 256
 #define MAX_IDX 8
 
@@ -28,9 +30,7 @@ static struct tokenizer *tok;
 static char model_dir[4096];
 
 static void load_model(void) {
-    const char *shared = getenv("GPTD_SHARED_DIR");
-    snprintf(model_dir, sizeof(model_dir), "%s/models/gpt2-tiny-random",
-             shared != NULL ? shared : "../shared");
+    tiny_model_dir(model_dir, sizeof(model_dir));
     char err[512];
     log_set_level(LOG_LEVEL_WARN);
     model = model_load(model_dir, err, sizeof(err));

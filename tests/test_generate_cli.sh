@@ -3,10 +3,11 @@
 # output equals transformers' 48 greedy tokens for all 7 prompts; -p TEXT gives the same ids as
 # the golden prompt ids; the JSON shape (logprobs, finish_reason); usage errors exit 2;
 # without -m the default model answers; --weights f32/f16/bf16; --kv-cache-dtype f16.
-# Usage: test_generate_cli.sh path/to/gptd   (GPTD_SHARED_DIR from meson)
+# Usage: test_generate_cli.sh path/to/gptd   (fixtures from tests/data)
 set -u
 gptd="$1"
-model="$GPTD_SHARED_DIR/models/gpt2-tiny-random"
+. "$(dirname "$0")/common.sh"
+model=$tiny_model
 golden="$model/golden/forward.json"
 tmp=$(mktemp -d /tmp/gptd_generate_cli.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT

@@ -13,16 +13,15 @@
 #include <gptd/util.h>
 
 #include "../src/model/kv_cache_internal.h"
+#include "common.h"
 
 static struct model *g_model;
 static struct kv_cache *g_kv;
 static size_t g_block_bytes;
 
 static void setup(void) {
-    const char *shared = getenv("GPTD_SHARED_DIR");
-    ck_assert_ptr_nonnull(shared);
     char dir[512];
-    snprintf(dir, sizeof(dir), "%s/models/gpt2-tiny-random", shared);
+    tiny_model_dir(dir, sizeof(dir));
     char err[512] = "";
     g_model = model_load(dir, err, sizeof(err));
     ck_assert_msg(g_model != NULL, "%s", err);

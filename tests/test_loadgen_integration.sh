@@ -5,7 +5,8 @@
 set -u
 gptd="$1"
 bench="$2"
-model="${GPTD_SHARED_DIR:-../shared}/models/gpt2-tiny-random"
+. "$(dirname "$0")/common.sh"
+model=$tiny_model
 work=$(mktemp -d)
 server_pid=
 cleanup() {

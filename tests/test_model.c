@@ -22,6 +22,7 @@
 #include <gptd/util.h>
 
 #include "../src/model/kernels.h"
+#include "common.h"
 
 /* ---- test helpers: safetensors files in temp directories ---- */
 
@@ -360,9 +361,7 @@ static int under_valgrind(void) {
 }
 
 static void read_golden(void) {
-    const char *shared = getenv("GPTD_SHARED_DIR");
-    ck_assert_msg(shared != NULL, "GPTD_SHARED_DIR is not set");
-    snprintf(g_model_dir, sizeof(g_model_dir), "%s/models/gpt2-tiny-random", shared);
+    tiny_model_dir(g_model_dir, sizeof(g_model_dir));
     char path[1024];
     snprintf(path, sizeof(path), "%s/golden/forward.json", g_model_dir);
     char *text = tt_read_file(path, NULL);

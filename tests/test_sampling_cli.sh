@@ -5,10 +5,11 @@
 #   another seed gives another; --stop cuts the text right before the stop string; a stop token
 #   id ends the output (and min_tokens defers it); --logit-bias -100 bans; out-of-range values
 #   are usage errors naming the parameter.
-# Usage: test_sampling_cli.sh path/to/gptd   (GPTD_SHARED_DIR from meson)
+# Usage: test_sampling_cli.sh path/to/gptd   (fixtures from tests/data)
 set -u
 gptd="$1"
-model="$GPTD_SHARED_DIR/models/gpt2-tiny-random"
+. "$(dirname "$0")/common.sh"
+model=$tiny_model
 fwd="$model/golden/forward.json"
 gen="$model/golden/generate.json"
 tmp=$(mktemp -d /tmp/gptd_sampling_cli.XXXXXX)

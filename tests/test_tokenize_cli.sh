@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # test_tokenize_cli.sh: `gptd tokenize` and `gptd detokenize` end to end on the real GPT-2
-# vocabulary in $GPTD_SHARED_DIR: ids, --json, --no-special, stdin, round trip, usage errors
+# vocabulary in tests/data: ids, --json, --no-special, stdin, round trip, usage errors
 # (exit 2) and runtime failures (exit 1).
 # Usage: test_tokenize_cli.sh path/to/gptd
 set -u
 gptd="$1"
-model="${GPTD_SHARED_DIR:-../shared}/models/gpt2-tiny-random"
+. "$(dirname "$0")/common.sh"
+model=$tiny_model
 tmp=$(mktemp -d /tmp/gptd_tokcli.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 fail=0

@@ -1,12 +1,13 @@
 /*
  * test_tokenizer.c: Check suite for src/tokenizer: byte-exact encoding against the golden data
- * in $GPTD_SHARED_DIR for all three ways of loading the GPT-2 vocabulary, round trips, the
+ * in tests/data for all three ways of loading the GPT-2 vocabulary, round trips, the
  * streaming decoder, malformed files, long inputs and concurrent encoding.
  *
  * The three tokenizers are loaded once in main() (before Check forks) and shared read-only:
  *   0: gpt2-tiny-random/tokenizer.json (merges as ["a", "b"] pairs)
  *   1: a copy of it written by this test with merges as "a b" strings
- *   2: vocab.json + merges.txt (symlinked into a temporary directory without tokenizer.json)
+ *   2: vocab.json + merges.txt (fixture gpt2-vocab of tools/fetch-testdata, symlinked into a
+ *      temporary directory without tokenizer.json)
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -19,6 +20,8 @@
 #include <cjson/cJSON.h>
 
 #include <gptd/tokenizer.h>
+
+#include "common.h"
 
 #define N_LOADERS 3
 static struct tokenizer *toks[N_LOADERS];
@@ -60,15 +63,6 @@ static void write_whole(const char *path, const char *text) {
     need(f != NULL);
     need(fwrite(text, 1, strlen(text), f) == strlen(text));
     fclose(f);
-}
-
-static const char *shared_dir(void) {
-    const char *d = getenv("GPTD_SHARED_DIR");
-    return d != NULL ? d : "../shared";
-}
-
-static void shared_path(char *out, size_t n, const char *rel) {
-    snprintf(out, n, "%s/models/%s", shared_dir(), rel);
 }
 
 /* One golden case: text (with its length: texts may hold NUL) and ids. */
@@ -173,7 +167,7 @@ static size_t json_string_decode(const char *p, char *out) {
  * file (the k-th "text": key belongs to the k-th case). */
 static size_t load_json_cases(const char *rel, int flags) {
     char path[512];
-    shared_path(path, sizeof(path), rel);
+    testdata_path(path, sizeof(path), rel);
     char *buf = read_whole(path, NULL);
     cJSON *root = cJSON_Parse(buf);
     need(root != NULL);
@@ -207,10 +201,10 @@ static size_t load_json_cases(const char *rel, int flags) {
 /* The llama.cpp vectors: strings split by "\n__ggml_vocab_test__\n", ids one line each. */
 static size_t load_ggml_cases(void) {
     char path[512];
-    shared_path(path, sizeof(path), "gpt2-tokenizer/ggml-vocab-gpt-2.gguf.inp");
+    testdata_path(path, sizeof(path), "gpt2-tokenizer-cases/ggml-vocab-gpt-2.gguf.inp");
     size_t n_inp;
     char *inp = read_whole(path, &n_inp);
-    shared_path(path, sizeof(path), "gpt2-tokenizer/ggml-vocab-gpt-2.gguf.out");
+    testdata_path(path, sizeof(path), "gpt2-tokenizer-cases/ggml-vocab-gpt-2.gguf.out");
     char *out = read_whole(path, NULL);
     static const char sep[] = "\n__ggml_vocab_test__\n";
     size_t before = n_cases;
@@ -906,7 +900,7 @@ END_TEST
 static void load_all(void) {
     char err[512] = "";
     char path[512];
-    shared_path(path, sizeof(path), "gpt2-tiny-random");
+    testdata_path(path, sizeof(path), "gpt2-tiny-random");
     toks[0] = tokenizer_load(path, err, sizeof(err));
     if (toks[0] == NULL) {
         fprintf(stderr, "cannot load %s: %s\n", path, err);
@@ -917,7 +911,7 @@ static void load_all(void) {
     char dir[128];
     snprintf(dir, sizeof(dir), "%s/strings", tmp_root);
     mkdir(dir, 0700);
-    shared_path(path, sizeof(path), "gpt2-tiny-random/tokenizer.json");
+    testdata_path(path, sizeof(path), "gpt2-tiny-random/tokenizer.json");
     char *text = read_whole(path, NULL);
     cJSON *root = cJSON_Parse(text);
     free(text);
@@ -946,9 +940,10 @@ static void load_all(void) {
     char link[256];
     for (int k = 0; k < 2; k++) {
         const char *name = k == 0 ? "vocab.json" : "merges.txt";
-        char rel[64];
-        snprintf(rel, sizeof(rel), "gpt2-tiny-random/%s", name);
-        shared_path(path, sizeof(path), rel);
+        /* GPT-2's own files, from the npm package tools/fetch-testdata caches. */
+        if (registry_path(path, sizeof(path), "gpt2-vocab", name) == NULL) {
+            exit(EXIT_FAILURE);
+        }
         snprintf(link, sizeof(link), "%s/%s", dir, name);
         if (symlink(path, link) != 0) {
             perror("symlink");
@@ -968,7 +963,7 @@ static void load_all(void) {
     size_t n_golden =
         load_json_cases("gpt2-tiny-random/golden/tokenizer.json", TOKENIZER_PARSE_SPECIAL);
     size_t n_ggml = load_ggml_cases();
-    size_t n_expected = load_json_cases("gpt2-tokenizer/expected.json", 0);
+    size_t n_expected = load_json_cases("gpt2-tokenizer-cases/expected.json", 0);
     if (n_golden != 130 || n_ggml != 46 || n_expected != 13) {
         fprintf(stderr, "golden data: %zu + %zu + %zu cases, want 130 + 46 + 13\n", n_golden,
                 n_ggml, n_expected);

@@ -53,6 +53,15 @@ build() {
     ninja -C "$dir" >/dev/null
 }
 
+# copy_checkout DEST: a clone of this checkout with its uncommitted changes (staged or not) and
+# its untracked, not ignored files, so that what is tested is what is in the working tree.
+copy_checkout() {
+    local dest="$1"
+    git clone -q --no-hardlinks "$(pwd)" "$dest"
+    git diff HEAD --binary | (cd "$dest" && git apply --allow-empty --binary)
+    git ls-files -z --others --exclude-standard | tar -c --null -T - | tar -x -C "$dest"
+}
+
 # Counts results from Meson's machine-readable test log into the totals.
 passed=0
 failed=0
@@ -107,8 +116,20 @@ test)
     if [ -n "$files" ] && ! clang-format --dry-run -Werror $files; then
         fmt_ok=0
     fi
+    # Test data from registry packages (tests/data/registry.json) into the cache.
+    log "test data"
+    python3 tools/fetch-testdata || failed=$((failed + 1))
+    # The release suites run in a copy of this checkout in a fresh temporary folder, with
+    # nothing beside it: a test that reads outside the checkout fails here, as in a stranger's
+    # clone. The copy is a clone plus the working tree's uncommitted changes and new files.
+    clone_root=$(mktemp -d "${TMPDIR:-/tmp}/gptd-clone.XXXXXX")
+    trap 'rm -rf "$clone_root"' EXIT
+    copy_checkout "$clone_root/gptd"
+    log "release build in $clone_root/gptd"
+    (cd "$clone_root/gptd" && build build)
+    run_suite release "$clone_root/gptd/build"
+    # The other builds run here; `build/` is what the README's other commands use.
     build build
-    run_suite release build
     # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer (debug build), but
     # for the model tools' and the browser's tests: their C side (loading, serving files) is
     # what the other suites already run under the sanitizers.

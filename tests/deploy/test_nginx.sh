@@ -4,10 +4,11 @@
 # service. Checks: a streamed completion through nginx arrives incrementally; requests spread over
 # both replicas (both /metrics count completions); after one replica is killed, non-streamed
 # requests still succeed through the other (proxy_next_upstream).
-# Usage: test_nginx.sh path/to/gptd   (GPTD_SHARED_DIR must point at the shared test data)
+# Usage: test_nginx.sh path/to/gptd
 set -u
 gptd="$1"
-model="${GPTD_SHARED_DIR:?GPTD_SHARED_DIR not set}/models/gpt2-tiny-random"
+. "$(dirname "$0")/../common.sh"
+model=$tiny_model
 conf_src="$(cd "$(dirname "$0")/../.." && pwd)/config/nginx.conf"
 command -v nginx >/dev/null || { echo "SKIP: nginx not installed"; exit 77; }
 [ -d "$model" ] || { echo "SKIP: no test model at $model"; exit 77; }

@@ -8,7 +8,8 @@
 set -u
 gptd="$1"
 here="$(cd "$(dirname "$0")" && pwd)"
-model="${GPTD_SHARED_DIR:-$here/../../../shared}/models/gpt2-tiny-random"
+. "$(dirname "$0")/../common.sh"
+model=$tiny_model
 npm_dir="${GPTD_BUILD_DIR:-/tmp}/npm-openai"
 command -v node >/dev/null && command -v npm >/dev/null || { echo "node/npm missing: skip"; exit 77; }
 if [ ! -f "$npm_dir/node_modules/openai/package.json" ]; then

@@ -2,7 +2,7 @@
 # test_server_http.sh: integration tests of `gptd serve` through real HTTP (suite 'integration').
 #
 # Starts the real binary on ephemeral loopback ports with the tiny random model from
-# $GPTD_SHARED_DIR and checks, with curl and jq: greedy non-streamed == streamed (== `gptd
+# tests/data and checks, with curl and jq: greedy non-streamed == streamed (== `gptd
 # generate` when that command exists), every prompt form, n, best_of, echo + logprobs, stop,
 # include_usage, seed reproducibility, reliability.md's bad-input catalogue B/F (status and
 # error body, server healthy afterwards), auth and CORS (A), disconnects mid-stream and while
@@ -12,7 +12,8 @@
 # Usage: test_server_http.sh path/to/gptd
 set -u
 gptd="$1"
-model="${GPTD_SHARED_DIR:-$(dirname "$0")/../../../shared}/models/gpt2-tiny-random"
+. "$(dirname "$0")/../common.sh"
+model=$tiny_model
 tmp=$(mktemp -d /tmp/gptd-http-test.XXXXXX)
 pids=()
 fail=0

@@ -8,7 +8,8 @@
 # Usage: test_server_load.sh path/to/gptd   (skips, exit 77, when ab or wrk is missing)
 set -u
 gptd="$1"
-model="${GPTD_SHARED_DIR:-$(dirname "$0")/../../../shared}/models/gpt2-tiny-random"
+. "$(dirname "$0")/../common.sh"
+model=$tiny_model
 command -v ab >/dev/null && command -v wrk >/dev/null || { echo "ab/wrk not installed: skip"; exit 77; }
 tmp=$(mktemp -d /tmp/gptd-load-test.XXXXXX)
 pid=""

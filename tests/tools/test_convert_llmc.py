@@ -24,11 +24,11 @@ import tempfile
 import numpy as np
 
 SRC = os.environ.get("GPTD_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-SHARED = os.environ.get("GPTD_SHARED_DIR", os.path.join(SRC, "..", "shared"))
+TESTDATA = os.environ.get("GPTD_TESTDATA_DIR", os.path.join(SRC, "tests", "data"))
 sys.path.insert(0, os.path.join(SRC, "tools", "pylib"))
 import hfgpt2  # noqa: E402
 
-TINY = os.path.join(SHARED, "models", "gpt2-tiny-random")
+TINY = os.path.join(TESTDATA, "gpt2-tiny-random")
 CONVERT = os.path.join(SRC, "tools", "convert-llmc")
 failures = []
 

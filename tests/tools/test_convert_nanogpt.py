@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SRC = os.environ.get("GPTD_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-SHARED = os.environ.get("GPTD_SHARED_DIR", os.path.join(SRC, "..", "shared"))
-TINY = os.path.join(SHARED, "models", "gpt2-tiny-random")
+TESTDATA = os.environ.get("GPTD_TESTDATA_DIR", os.path.join(SRC, "tests", "data"))
+TINY = os.path.join(TESTDATA, "gpt2-tiny-random")
 CONVERT = os.path.join(SRC, "tools", "convert-nanogpt")
 TOL = 2e-4
 failures = []

@@ -3,7 +3,7 @@
 #
 #   test_fetch_model.sh GPTD_BINARY
 #
-# The test lays out the shared tiny GPT-2 the way the hub serves it (the revision API's JSON
+# The test lays out the tiny GPT-2 of tests/data the way the hub serves it (the revision API's JSON
 # with sizes, git blob ids and LFS sha256, and /REPO/resolve/COMMIT/FILE), with the hashes
 # computed by git and sha256sum, and checks: a fetch gives byte-identical files that gptd serves
 # identically; a re-run downloads nothing; a partial download resumes; a corrupt partial file
@@ -12,11 +12,19 @@
 set -euo pipefail
 gptd=$(realpath "$1")
 src=${GPTD_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-shared=${GPTD_SHARED_DIR:-$src/../shared}
-tiny=$shared/models/gpt2-tiny-random
+. "$src/tests/common.sh"
 fetch=$src/tools/fetch-model
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# The hub's gpt2 has both tokenizer layouts: the committed tiny model plus GPT-2's own
+# vocab.json + merges.txt (registry fixture gpt2-vocab).
+tiny=$tmp/tiny
+mkdir "$tiny"
+cp "$tiny_model"/*.json "$tiny_model/model.safetensors" "$tiny/"
+for f in vocab.json merges.txt; do
+    p=$(registry_path gpt2-vocab $f) || exit 1
+    cp "$p" "$tiny/"
+done
 fails=0
 ok() { printf 'ok   %s\n' "$1"; }
 bad() { printf 'FAIL %s\n' "$1"; fails=$((fails + 1)); }

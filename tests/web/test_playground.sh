@@ -4,7 +4,7 @@
 #   test_playground.sh GPTD_BINARY MAKE_RANDOM_GPT2_BINARY
 #
 # The model is a random GPT-2 (4 layers, 512 wide, GPT-2's vocabulary and tokenizer from the
-# shared tiny model) written into the build directory: slow enough (~100 tokens/s) that a long
+# tiny model of tests/data) written into the build directory: slow enough (~100 tokens/s) that a long
 # generation is still running when the test presses Stop. playwright-core is installed from the
 # committed package-lock.json into the build directory (npm ci), never into the source tree;
 # the browser is Debian's chromium, which the README's test command installs.
@@ -13,7 +13,8 @@ gptd=$(realpath "$1")
 mkmodel=$(realpath "$2")
 here=$(cd "$(dirname "$0")" && pwd)
 build=${GPTD_BUILD_DIR:-/tmp}
-tiny=${GPTD_SHARED_DIR:-$here/../../../shared}/models/gpt2-tiny-random
+. "$here/../common.sh"
+tiny=$tiny_model
 command -v chromium >/dev/null || { echo "FAIL: chromium is not installed (apt-get install chromium)"; exit 1; }
 
 npm_dir=$build/web-test
@@ -28,7 +29,7 @@ cp "$here/test_playground.mjs" "$npm_dir/"
 model=$build/web-test/random-gpt2-512
 if [ ! -f "$model/model.safetensors" ]; then
     "$mkmodel" "$model" --layers 4 --embd 512 --heads 8 --ctx 1024 --vocab 50257 --seed 11 >/dev/null
-    cp "$tiny/tokenizer.json" "$tiny/vocab.json" "$tiny/merges.txt" "$model/"
+    cp "$tiny/tokenizer.json" "$model/"
 fi
 
 tmp=$(mktemp -d)
