@@ -59,7 +59,7 @@ for _ in 1 2 3; do
     done
 done
 log "tokenizer benchmark"
-build/bench/bench_tokenizer "$shared/models/gpt2-tiny-random" >"$out/tokenizer.txt" 2>&1 || true
+build/bench/bench_tokenizer tests/data/gpt2-tiny-random >"$out/tokenizer.txt" 2>&1 || true
 log "sampler benchmark"
 build/bench/bench_sampling >"$out/sampling.txt" 2>&1 || true
 log "engine benchmark (in-process)"

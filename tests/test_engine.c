@@ -27,22 +27,10 @@
 
 static struct model *model;
 static struct tokenizer *tok;
-static char model_dir[4096];
 
 static void load_model(void) {
-    tiny_model_dir(model_dir, sizeof(model_dir));
-    char err[512];
     log_set_level(LOG_LEVEL_WARN);
-    model = model_load(model_dir, err, sizeof(err));
-    if (model == NULL) {
-        fprintf(stderr, "model_load: %s\n", err);
-        abort();
-    }
-    tok = tokenizer_load(model_dir, err, sizeof(err));
-    if (tok == NULL) {
-        fprintf(stderr, "tokenizer_load: %s\n", err);
-        abort();
-    }
+    model = load_tiny_model(&tok);
 }
 
 static void free_model(void) {
@@ -544,24 +532,6 @@ END_TEST
 
 /* ---- golden comparisons with Hugging Face transformers (generate.json, forward.json) ----- */
 
-static cJSON *read_golden(const char *name) {
-    char path[4200];
-    snprintf(path, sizeof(path), "%s/golden/%s", model_dir, name);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)size + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)size, f), (size_t)size);
-    buf[size] = '\0';
-    fclose(f);
-    cJSON *json = cJSON_Parse(buf);
-    free(buf);
-    ck_assert_ptr_nonnull(json);
-    return json;
-}
-
 /* Copies a JSON array of ints into out; returns the count. */
 static int32_t json_ids(const cJSON *arr, int32_t *out, int32_t cap) {
     int32_t n = 0;
@@ -579,7 +549,7 @@ static void job_from_ids(struct job *job, const cJSON *prompt_ids, int32_t max_t
 }
 
 START_TEST(test_engine_beam_search_matches_transformers) {
-    cJSON *golden = read_golden("generate.json");
+    cJSON *golden = read_golden_json("generate.json");
     struct engine *e = make_engine((size_t)16 << 20, 64, 8, 0);
     ck_assert_int_eq(engine_start(e), 0);
     const cJSON *prompt;
@@ -613,7 +583,7 @@ START_TEST(test_engine_beam_search_matches_transformers) {
 END_TEST
 
 START_TEST(test_engine_beam_width_1_is_greedy_and_beam_4_beats_it) {
-    cJSON *golden = read_golden("forward.json");
+    cJSON *golden = read_golden_json("forward.json");
     struct engine *e = make_engine((size_t)16 << 20, 64, 8, 0);
     ck_assert_int_eq(engine_start(e), 0);
     const cJSON *prompt;
@@ -655,7 +625,7 @@ START_TEST(test_engine_beam_width_1_is_greedy_and_beam_4_beats_it) {
 END_TEST
 
 START_TEST(test_engine_repetition_penalty_matches_transformers) {
-    cJSON *golden = read_golden("generate.json");
+    cJSON *golden = read_golden_json("generate.json");
     struct engine *e = make_engine((size_t)16 << 20, 64, 8, 0);
     ck_assert_int_eq(engine_start(e), 0);
     const cJSON *prompt;
@@ -676,6 +646,86 @@ START_TEST(test_engine_repetition_penalty_matches_transformers) {
 }
 END_TEST
 
+/* What the events of one request said about each position's logprobs. */
+struct lp_record {
+    int32_t n;
+    int32_t token[64];
+    float logprob[64];
+    int32_t n_top[64];
+    struct sampling_logprob top[64][ENGINE_EVENT_TOP_MAX];
+};
+
+/* Runs job to the end, recording the logprobs of its events of type want (choice 0 only). */
+static void run_recording(struct engine *e, struct job *job, enum engine_event_type want,
+                          struct lp_record *rec) {
+    memset(rec, 0, sizeof(*rec));
+    job_submit(e, job);
+    int64_t deadline = time_now_us() + 120 * 1000000LL;
+    bool done = false;
+    while (!done) {
+        done = engine_request_is_done(job->req);
+        struct engine_event ev[8];
+        size_t n;
+        while ((n = engine_request_poll(job->req, ev, 8)) > 0) {
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_int_ne(ev[i].type, ENGINE_EVENT_ERROR);
+                if (ev[i].type != want || ev[i].token < 0 || ev[i].index != 0) {
+                    continue;
+                }
+                ck_assert(ev[i].has_logprob);
+                ck_assert_int_lt(rec->n, 64);
+                rec->token[rec->n] = ev[i].token;
+                rec->logprob[rec->n] = ev[i].logprob;
+                rec->n_top[rec->n] = ev[i].n_top;
+                memcpy(rec->top[rec->n], ev[i].top, sizeof(ev[i].top));
+                rec->n++;
+            }
+        }
+        ck_assert_msg(time_now_us() < deadline, "request did not finish in 120 s");
+        if (!done) {
+            sleep_ms(1);
+        }
+    }
+    release_all(job, 1);
+}
+
+/* Prompt logprobs (echo) and sampled tokens' logprobs come from one routine: the token at
+ * position p has the same logprob and the same top list, bit for bit, whether it was sampled
+ * there or sent as part of a later prompt. Loop 0: greedy; 1: seeded sampling at T = 0.9
+ * (logprobs are of the raw logits either way). */
+START_TEST(test_engine_prompt_logprobs_equal_completion_logprobs) {
+    struct engine *e = make_engine((size_t)16 << 20, 64, 8, 0);
+    ck_assert_int_eq(engine_start(e), 0);
+    static struct job gen, echo;
+    const int32_t n_prompt = 9;
+    const int32_t n_new = 6;
+    job_init(&gen, n_prompt, 321, n_new, _i == 0 ? 0.0f : 0.9f, 77);
+    gen.params.sampling.logprobs = 5;
+    struct lp_record sampled;
+    run_recording(e, &gen, ENGINE_EVENT_TOKEN, &sampled);
+    ck_assert_int_eq(sampled.n, n_new);
+
+    job_init(&echo, n_prompt, 321, 1, 0.0f, 1);
+    memcpy(echo.prompt + n_prompt, sampled.token, (size_t)n_new * sizeof(int32_t));
+    echo.params.n_prompt = (size_t)(n_prompt + n_new);
+    echo.params.want_prompt_logprobs = true;
+    echo.params.sampling.logprobs = 5;
+    struct lp_record prompt_lp;
+    run_recording(e, &echo, ENGINE_EVENT_PROMPT_TOKEN, &prompt_lp);
+    /* One event per prompt token after the first. */
+    ck_assert_int_eq(prompt_lp.n, n_prompt + n_new - 1);
+    for (int32_t t = 0; t < n_new; t++) {
+        int32_t p = n_prompt - 1 + t; /* the prompt event of prompt[n_prompt + t] */
+        ck_assert_int_eq(prompt_lp.token[p], sampled.token[t]);
+        ck_assert_mem_eq(&prompt_lp.logprob[p], &sampled.logprob[t], sizeof(float));
+        ck_assert_int_eq(prompt_lp.n_top[p], 5);
+        ck_assert_int_eq(sampled.n_top[t], 5);
+        ck_assert_mem_eq(prompt_lp.top[p], sampled.top[t], 5 * sizeof(struct sampling_logprob));
+    }
+    engine_destroy(e);
+}
+END_TEST
+
 static Suite *engine_suite(void) {
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("core");
@@ -693,6 +743,7 @@ static Suite *engine_suite(void) {
     tcase_add_test(tc, test_engine_beam_search_matches_transformers);
     tcase_add_test(tc, test_engine_beam_width_1_is_greedy_and_beam_4_beats_it);
     tcase_add_test(tc, test_engine_repetition_penalty_matches_transformers);
+    tcase_add_loop_test(tc, test_engine_prompt_logprobs_equal_completion_logprobs, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

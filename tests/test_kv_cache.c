@@ -20,11 +20,8 @@ static struct kv_cache *g_kv;
 static size_t g_block_bytes;
 
 static void setup(void) {
-    char dir[512];
-    tiny_model_dir(dir, sizeof(dir));
+    g_model = load_tiny_model(NULL);
     char err[512] = "";
-    g_model = model_load(dir, err, sizeof(err));
-    ck_assert_msg(g_model != NULL, "%s", err);
     /* 4 layers x 2 x 16 positions x 64 floats x 4 bytes = 32 KiB per block; 10 blocks. */
     g_block_bytes = 4 * 2 * KV_BLOCK_SIZE * 64 * sizeof(float);
     g_kv = kv_cache_create(g_model, 10 * g_block_bytes + 100, err, sizeof(err));

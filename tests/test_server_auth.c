@@ -1,5 +1,5 @@
 /*
- * test_server_auth.c: API-key checks (reliability.md A01-A03 without HTTP): the Bearer scheme
+ * test_server_auth.c: API-key checks (docs/RELIABILITY.md A01-A03 without HTTP): the Bearer scheme
  * is case-insensitive, the key is exact (no prefix, no case folding), every key is accepted.
  */
 #include <stdlib.h>

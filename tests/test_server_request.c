@@ -1,6 +1,6 @@
 /*
  * test_server_request.c: request parsing and validation of POST /v1/completions without HTTP or
- * a model: reliability.md's catalogue B (framing and JSON) and F (fields) rows that need no
+ * a model: docs/RELIABILITY.md's catalogue B (framing and JSON) and F (fields) rows that need no
  * model, as one table, plus the field values that valid requests must carry.
  */
 #include <stdlib.h>

@@ -54,9 +54,9 @@ static struct engine_event token_ev(int32_t index, int32_t token, const char *te
     ev.has_logprob = true;
     ev.logprob = lp;
     ev.n_top = 2;
-    ev.top[0].id = token;
+    ev.top[0].token_id = token;
     ev.top[0].logprob = lp;
-    ev.top[1].id = 5;
+    ev.top[1].token_id = 5;
     ev.top[1].logprob = lp - 1.0f;
     return ev;
 }
@@ -195,7 +195,7 @@ START_TEST(test_response_echo_logprobs_use_legacy_shape) {
     ev.has_logprob = true;
     ev.logprob = -2.0f;
     ev.n_top = 1;
-    ev.top[0].id = 2;
+    ev.top[0].token_id = 2;
     ev.top[0].logprob = -1.0f;
     ck_assert_int_eq(completion_builder_event(b, 0, &ev, NULL), 0);
     ev = token_ev(0, 5, "!", -0.5f);

@@ -1005,7 +1005,7 @@ static Suite *tokenizer_suite(void) {
 }
 
 int main(void) {
-    is_valgrind = getenv("GPTD_UNDER_VALGRIND") != NULL;
+    is_valgrind = under_valgrind();
     snprintf(tmp_root, sizeof(tmp_root), "/tmp/gptd_tok_XXXXXX");
     if (mkdtemp(tmp_root) == NULL) {
         perror("mkdtemp");

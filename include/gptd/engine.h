@@ -85,11 +85,6 @@ enum engine_finish_reason {
 #define ENGINE_EVENT_TEXT_MAX 768 /* a token's bytes + a released stop-string holdback */
 #define ENGINE_EVENT_TOP_MAX  20
 
-struct engine_logprob {
-    int32_t id;
-    float logprob;
-};
-
 /* One event, fixed size so the channel never allocates. */
 struct engine_event {
     enum engine_event_type type;
@@ -97,8 +92,8 @@ struct engine_event {
     int32_t token; /* TOKEN / PROMPT_TOKEN: the token id */
     float logprob; /* its raw logprob (log-softmax of unprocessed logits); 0 if not wanted */
     bool has_logprob;
-    int32_t n_top; /* top alternatives below (logprobs = K) */
-    struct engine_logprob top[ENGINE_EVENT_TOP_MAX];
+    int32_t n_top;                                     /* top alternatives below (logprobs = K) */
+    struct sampling_logprob top[ENGINE_EVENT_TOP_MAX]; /* from sampling_logprobs() */
     /* TOKEN with sampling_params.candidates > 0 (the sampler's candidates extension): the
      * most likely survivors of every filter with renormalised probabilities. */
     int32_t n_survivors; /* nucleus size after all filters (1 for greedy); 0 if not reported */
@@ -132,7 +127,10 @@ struct engine_request;
  */
 typedef void (*engine_notify_fn)(void *ctx);
 
-/* Borrowed model and tokenizer must outlive the engine. NULL + message on failure. */
+/* Borrowed model and tokenizer must outlive the engine. NULL + message on failure. tok may be
+ * NULL (`gptd generate --prompt-ids` on a model without tokenizer files): events then carry
+ * ids and no text, EOS comes from the model's config, and requests with stop strings are
+ * refused. */
 struct engine *engine_create(struct model *model, const struct tokenizer *tok,
                              const struct engine_config *cfg, char *err, size_t err_size);
 /* Starts the engine thread. Returns 0 or -1. */

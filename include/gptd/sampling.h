@@ -137,6 +137,18 @@ struct sampling_logprob {
     float logprob; /* raw: log-softmax of the unprocessed logits */
 };
 
+/*
+ * Raw logprobs of one row: the log-softmax of logits (n_vocab,) as the model produced them (no
+ * penalty, bias or temperature). Writes the k most likely tokens, largest first (ties: the lower
+ * id; NaN never enters), to top (room for k entries) and their count to *n_top (k, or fewer
+ * when the row has fewer finite entries), and returns the logprob of token (0..n_vocab-1; pass
+ * any valid id when only the top list is wanted). scratch (n_vocab,) is overwritten. The one
+ * routine behind every logprob gptd reports (sampled tokens, prompt tokens of echo, beam
+ * candidates), so that the same row gives the same numbers on every path. Allocates nothing.
+ */
+float sampling_logprobs(const float *logits, int32_t n_vocab, int32_t token, int32_t k,
+                        struct sampling_logprob *top, int32_t *n_top, float *scratch);
+
 struct sampling_candidate {
     int32_t token_id;
     float prob; /* renormalised over the survivors of every filter */

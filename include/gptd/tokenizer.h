@@ -29,7 +29,7 @@ void tokenizer_destroy(struct tokenizer *tok);
 /* Size of the id space: the largest id + 1, added tokens included. */
 int32_t tokenizer_n_vocab(const struct tokenizer *tok);
 
-/* Id of <|endoftext|>, or -1 when the vocabulary has none. */
+/* Id of <|endoftext|>, or -1 when the vocabulary has none (or tok is NULL). */
 int32_t tokenizer_eos_id(const struct tokenizer *tok);
 
 enum tokenizer_flags {
@@ -49,11 +49,12 @@ int tokenizer_encode(struct tokenizer *tok, const char *text, size_t len, int fl
                      size_t *n_ids, char *err, size_t err_size);
 
 /* The raw bytes of token id (after the byte-level unmapping); *len is set to their count.
- * Borrowed: valid until tokenizer_destroy. NULL (and *len = 0) for an id out of range or a hole
- * in the id space. */
+ * Borrowed: valid until tokenizer_destroy. NULL (and *len = 0) for an id out of range, a hole
+ * in the id space, or a NULL tok (an engine serving ids only: a streaming decoder with no
+ * tokenizer produces no text). */
 const char *tokenizer_token_bytes(const struct tokenizer *tok, int32_t id, size_t *len);
 
-/* Length in bytes of the longest token; sizes streaming-decoder output buffers. */
+/* Length in bytes of the longest token (0 for a NULL tok); sizes streaming-decoder buffers. */
 size_t tokenizer_max_token_bytes(const struct tokenizer *tok);
 
 /* Id of the token whose bytes are exactly bytes[0..len), or -1. Added tokens included. */

@@ -1,22 +1,26 @@
 /*
  * generate.c: `gptd generate`: runs one prompt through the model on the command line and prints
- * the continuation, optionally as JSON with the log-softmax of each generated position. Tokens
- * are chosen by the sampling module (greedy by default here, unlike the API's temperature 1, so
- * that a bare `gptd generate` is reproducible); stop strings go through its stop matcher.
+ * the continuation, optionally as JSON with the log-softmax of each generated position (greedy
+ * by default here, unlike the API's temperature 1, so that a bare `gptd generate` is
+ * reproducible).
  *
- * Run from main() on the main thread, which here is also the "engine thread" of model.h: it
- * owns the KV cache, the scratch and the sequence. Usage errors exit 2, failures to load or to
+ * It is a client of the engine, as the server is: it starts an engine on the loaded model,
+ * submits one request and prints what the request's events say. So the CLI and the server share
+ * one decode loop, one sampler call, one stop matcher and one logprob routine, and `gptd
+ * generate` prints what `gptd serve` would answer. Usage errors exit 2, failures to load or to
  * run exit 1.
  */
 #include <errno.h>
 #include <limits.h>
-#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
+#include <gptd/engine.h>
 #include <gptd/model.h>
 #include <gptd/sampling.h>
 #include <gptd/tokenizer.h>
@@ -36,7 +40,7 @@ static const char generate_usage[] =
     "  --min-tokens N  --stop TEXT (repeatable)  --stop-token-id ID (repeatable)\n"
     "  --logit-bias ID:BIAS (repeatable; -100 bans)\n";
 
-#define GENERATE_MAX_TOP 20
+#define GENERATE_MAX_TOP ENGINE_EVENT_TOP_MAX
 
 struct gen_args {
     const char *model_dir;
@@ -278,43 +282,162 @@ static int32_t parse_ids(const char *s, int32_t *ids, int32_t cap) {
     return n;
 }
 
-struct top_entry {
-    int32_t id;
-    float logit;
+/* Wakes the CLI's thread when the engine has pushed events (engine thread, request lock held). */
+struct wakeup {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool is_signalled;
 };
 
-/* log-softmax normaliser of logits (V,): max + log(sum exp(l - max)), in double. */
-static double log_normaliser(const float *logits, int32_t n_vocab) {
-    float max = logits[0];
-    for (int32_t i = 1; i < n_vocab; i++) {
-        max = logits[i] > max ? logits[i] : max;
-    }
-    double sum = 0.0;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        sum += exp((double)logits[i] - (double)max);
-    }
-    return (double)max + log(sum);
+static void wakeup_notify(void *ctx) {
+    struct wakeup *w = ctx;
+    pthread_mutex_lock(&w->lock);
+    w->is_signalled = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
 }
 
-/* The k largest logits, largest first (ties: smaller id first), by insertion into a short list. */
-static int32_t top_k(const float *logits, int32_t n_vocab, int32_t k, struct top_entry *out) {
-    if (k <= 0) {
-        return 0; /* without this, k = 0 reads out[-1] below */
+static void wakeup_wait(struct wakeup *w) {
+    pthread_mutex_lock(&w->lock);
+    while (!w->is_signalled) {
+        pthread_cond_wait(&w->cond, &w->lock);
     }
-    int32_t n = 0;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        if (n == k && logits[i] <= out[n - 1].logit) {
-            continue;
+    w->is_signalled = false;
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* What the request's events said, gathered for printing. */
+struct gen_output {
+    int32_t *ids; /* generated ids (an EOS or stop token that ended the run is dropped) */
+    int32_t n_ids;
+    char *text; /* the concatenated text of the events, NUL-terminated */
+    size_t n_text, text_cap;
+    cJSON *logprobs; /* with --json: one {id, logprob, top} per id */
+    enum engine_finish_reason finish;
+    int32_t stop_token;
+    char stop_reason[260];
+    int64_t t_admitted_us, t_first_token_us, t_end_us;
+    char error[200];
+    bool has_error;
+};
+
+static int on_event(struct gen_output *o, const struct engine_event *ev, int64_t now_us) {
+    switch (ev->type) {
+    case ENGINE_EVENT_ADMITTED:
+        o->t_admitted_us = now_us;
+        return 0;
+    case ENGINE_EVENT_TOKEN:
+        if (o->n_text + ev->text_len + 1 > o->text_cap) {
+            size_t cap = 2 * (o->n_text + ev->text_len + 1);
+            char *p = realloc(o->text, cap);
+            if (p == NULL) {
+                return -1;
+            }
+            o->text = p;
+            o->text_cap = cap;
         }
-        int32_t j = n < k ? n++ : k - 1;
-        while (j > 0 && out[j - 1].logit < logits[i]) {
-            out[j] = out[j - 1];
-            j--;
+        memcpy(o->text + o->n_text, ev->text, ev->text_len);
+        o->n_text += ev->text_len;
+        o->text[o->n_text] = '\0';
+        if (ev->token < 0) {
+            return 0; /* the rest of a long piece of text */
         }
-        out[j].id = i;
-        out[j].logit = logits[i];
+        if (o->t_first_token_us == 0) {
+            o->t_first_token_us = now_us;
+        }
+        o->ids[o->n_ids++] = ev->token;
+        if (o->logprobs != NULL) {
+            cJSON *entry = cJSON_CreateObject();
+            cJSON_AddItemToArray(o->logprobs, entry);
+            cJSON_AddNumberToObject(entry, "id", ev->token);
+            cJSON_AddNumberToObject(entry, "logprob", ev->logprob);
+            cJSON *top = cJSON_AddArrayToObject(entry, "top");
+            for (int32_t i = 0; i < ev->n_top; i++) {
+                cJSON *pair = cJSON_CreateArray();
+                cJSON_AddItemToArray(pair, cJSON_CreateNumber(ev->top[i].token_id));
+                cJSON_AddItemToArray(pair, cJSON_CreateNumber(ev->top[i].logprob));
+                cJSON_AddItemToArray(top, pair);
+            }
+        }
+        return 0;
+    case ENGINE_EVENT_FINISH:
+        o->finish = ev->finish_reason;
+        o->stop_token = ev->stop_token;
+        snprintf(o->stop_reason, sizeof(o->stop_reason), "%s", ev->stop_reason);
+        o->t_end_us = now_us;
+        /* The EOS or stop token that ended the run is not part of the output. */
+        if (ev->stop_token >= 0 && o->n_ids > 0 && o->ids[o->n_ids - 1] == ev->stop_token) {
+            o->n_ids--;
+            if (o->logprobs != NULL) {
+                cJSON_DeleteItemFromArray(o->logprobs, cJSON_GetArraySize(o->logprobs) - 1);
+            }
+        }
+        return 0;
+    case ENGINE_EVENT_ERROR:
+        o->has_error = true;
+        snprintf(o->error, sizeof(o->error), "%s", ev->error_message);
+        return 0;
+    case ENGINE_EVENT_PROMPT_TOKEN:
+        return 0;
     }
-    return n;
+    return 0;
+}
+
+/* Submits one request to the engine and reads its events until it is done. 0 or -1 (message
+ * in err). */
+static int run_request(struct engine *engine, const struct engine_request_params *params,
+                       struct gen_output *o, char *err, size_t err_size) {
+    struct wakeup w = {.is_signalled = false};
+    pthread_mutex_init(&w.lock, NULL);
+    pthread_cond_init(&w.cond, NULL);
+    enum engine_status st;
+    int rc = -1;
+    struct engine_request *req =
+        engine_request_create(engine, params, wakeup_notify, &w, &st, err, err_size);
+    if (req == NULL) {
+        goto done;
+    }
+    st = engine_submit(engine, req);
+    if (st != ENGINE_OK) {
+        snprintf(err, err_size, "%s",
+                 st == ENGINE_ERR_TOO_LARGE ? "the KV cache is too small (--kv-cache-mb)"
+                 : st == ENGINE_ERR_CONTEXT ? "the prompt and -n exceed the model's context"
+                                            : "the engine refused the request");
+        goto done;
+    }
+    struct engine_event ev[16];
+    /* Drain, then ask whether more can come: done means every event is pushed and the channel
+     * is empty. Any push after that check notifies, so the wait cannot miss it. */
+    for (;;) {
+        size_t n;
+        while ((n = engine_request_poll(req, ev, 16)) > 0) {
+            int64_t now = time_now_us();
+            for (size_t i = 0; i < n; i++) {
+                if (on_event(o, &ev[i], now) != 0) {
+                    snprintf(err, err_size, "out of memory");
+                    goto done;
+                }
+            }
+        }
+        if (engine_request_is_done(req)) {
+            break;
+        }
+        wakeup_wait(&w);
+    }
+    if (o->has_error) {
+        snprintf(err, err_size, "%s", o->error);
+        goto done;
+    }
+    rc = 0;
+done:
+    engine_request_release(req); /* no notify after this: w can go */
+    pthread_cond_destroy(&w.cond);
+    pthread_mutex_destroy(&w.lock);
+    return rc;
+}
+
+static const char *finish_name(enum engine_finish_reason r) {
+    return r == ENGINE_FINISH_STOP ? "stop" : "length";
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -331,24 +454,11 @@ int cmd_generate(int argc, char **argv) {
     int exit_code = 1;
     struct model *model = NULL;
     struct tokenizer *tok = NULL;
-    struct kv_cache *kv = NULL;
-    struct model_scratch *scratch = NULL;
-    struct kv_seq seq = {0};
+    struct engine *engine = NULL;
     int32_t *prompt = NULL;
     size_t n_prompt = 0;
-    int32_t *out_ids = NULL;
-    float *logits = NULL;
     cJSON *json = NULL;
-    cJSON *json_logprobs = NULL;
-    char *text = NULL;
-    struct sampler *sampler = NULL;
-    struct stop_matcher *matcher = NULL;
-    char *stop_text = NULL; /* with --stop: the text the matcher released */
-    char *piece = NULL;     /* with --stop: one token's decoded bytes */
-    size_t piece_cap = 0;
-    size_t n_stop_text = 0;
-    int32_t i_stop = -1;
-    struct detok detok;
+    struct gen_output out = {.stop_token = -1};
 
     if (a.n_threads > 0) {
         model_set_threads(a.n_threads);
@@ -376,8 +486,6 @@ int cmd_generate(int argc, char **argv) {
         prompt = malloc((size_t)cfg->n_ctx * sizeof(int32_t) + sizeof(int32_t));
         int32_t n = prompt != NULL ? parse_ids(a.prompt_ids, prompt, cfg->n_ctx) : -1;
         if (n < 0) {
-            free(prompt);
-            prompt = NULL;
             exit_code = usage_error("--prompt-ids wants comma-separated ids that fit the "
                                     "context, not '%s'",
                                     a.prompt_ids);
@@ -398,187 +506,83 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
 
+    /* Validated as the server validates (max_tokens >= 1); -n 0 then asks for nothing. */
     a.sp.max_tokens = a.n_new > 0 ? a.n_new : 1;
     a.sp.ignore_eos = a.is_ignore_eos != 0;
+    a.sp.logprobs = a.is_json ? a.n_top : -1;
     const char *bad_param = NULL;
     if (sampling_params_validate(&a.sp, cfg->n_vocab, &bad_param, err, sizeof(err)) != 0) {
         exit_code = usage_error("%s", err);
         goto done;
     }
-    sampler = sampler_create(&a.sp, 0, cfg->n_vocab, cfg->eos_token_id, prompt, (int32_t)n_prompt,
-                             err, sizeof(err));
-    if (sampler == NULL) {
-        fprintf(stderr, "gptd generate: %s\n", err);
+    if (a.sp.n_stop > 0 && tok == NULL) {
+        fprintf(stderr, "gptd generate: --stop needs the model's tokenizer files\n");
         goto done;
     }
-    if (a.sp.n_stop > 0) {
-        /* Stop strings need text: decode as we go and let the matcher cut it. */
-        if (tok == NULL) {
-            fprintf(stderr, "gptd generate: --stop needs the model's tokenizer files\n");
-            goto done;
-        }
-        matcher = stop_matcher_create(&a.sp);
-        piece_cap = tokenizer_max_token_bytes(tok) + 16;
-        size_t max_new = a.n_new < cfg->n_ctx ? (size_t)a.n_new : (size_t)cfg->n_ctx;
-        stop_text = malloc((max_new + 1) * piece_cap);
-        piece = malloc(piece_cap);
-        if (matcher == NULL || stop_text == NULL || piece == NULL) {
-            fprintf(stderr, "gptd generate: out of memory\n");
-            goto done;
-        }
-        detok_init(&detok, tok);
-    }
+    /* Generation stops at the end of the context ("length"), as before the engine ran it. */
+    int64_t room = (int64_t)cfg->n_ctx - (int64_t)n_prompt;
+    a.sp.max_tokens = a.n_new < room ? a.n_new : (int32_t)room;
 
-    kv = kv_cache_create_with(model, (size_t)a.kv_mb << 20, a.kv_dtype, err, sizeof(err));
-    int32_t max_rows = (int32_t)n_prompt < 512 ? (int32_t)n_prompt : 512;
-    scratch = model_scratch_create(model, max_rows, 1);
-    out_ids = malloc(((size_t)a.n_new + 1) * sizeof(int32_t));
-    logits = malloc((size_t)cfg->n_vocab * sizeof(float));
-    if (kv == NULL || scratch == NULL || out_ids == NULL || logits == NULL ||
-        kv_seq_init(&seq, kv) != 0) {
-        fprintf(stderr, "gptd generate: %s\n", kv == NULL ? err : "out of memory");
+    /* The same engine as `gptd serve`, with one request: one decode loop, one sampler call,
+     * one stop matcher for the CLI and the server. */
+    struct engine_config ecfg;
+    engine_config_init_default(&ecfg);
+    ecfg.kv_cache_bytes = (size_t)a.kv_mb << 20;
+    ecfg.kv_dtype = a.kv_dtype;
+    ecfg.max_queue = 1;
+    engine = engine_create(model, tok, &ecfg, err, sizeof(err));
+    if (engine == NULL || engine_start(engine) != 0) {
+        fprintf(stderr, "gptd generate: %s\n", engine == NULL ? err : "cannot start the engine");
+        goto done;
+    }
+    out.ids = malloc(((size_t)a.n_new + 1) * sizeof(int32_t));
+    if (out.ids == NULL) {
+        fprintf(stderr, "gptd generate: out of memory\n");
         goto done;
     }
     if (a.is_json) {
         json = cJSON_CreateObject();
-        json_logprobs = cJSON_CreateArray();
+        out.logprobs = cJSON_CreateArray();
     }
-
-    /* Prefill in chunks of up to max_rows, logits for the last row only. */
+    struct engine_request_params params = {
+        .prompt = prompt,
+        .n_prompt = n_prompt,
+        .sampling = a.sp,
+        .n = 1,
+        .best_of = 1,
+    };
     int64_t t_start = time_now_us();
-    for (size_t done_rows = 0; done_rows < n_prompt;) {
-        int32_t chunk =
-            (int32_t)(n_prompt - done_rows) < max_rows ? (int32_t)(n_prompt - done_rows) : max_rows;
-        enum kv_status st = kv_seq_reserve(kv, &seq, chunk);
-        if (st != KV_OK) {
-            fprintf(stderr, "gptd generate: the KV cache is too small (--kv-cache-mb)\n");
-            goto done;
-        }
-        struct model_batch_seq b = {.kv = &seq,
-                                    .tokens = prompt + done_rows,
-                                    .n_tokens = chunk,
-                                    .n_logits = done_rows + (size_t)chunk == n_prompt ? 1 : 0};
-        if (model_forward(model, kv, scratch, &b, 1, logits) != 0) {
-            fprintf(stderr, "gptd generate: forward pass failed\n");
-            goto done;
-        }
-        done_rows += (size_t)chunk;
+    if (run_request(engine, &params, &out, err, sizeof(err)) != 0) {
+        fprintf(stderr, "gptd generate: %s\n", err);
+        goto done;
     }
-    int64_t t_prefill = time_now_us();
-
-    const char *finish = "length";
-    int32_t n_out = 0;
-    while (n_out < a.n_new) {
-        struct sample_result res;
-        int32_t best = sampler_sample(sampler, logits, &res);
-        if (best < 0) { /* logit_bias banned every token */
-            finish = "stop";
-            break;
-        }
-        enum sampler_finish fin = sampler_accept(sampler, best);
-        if (fin == SAMPLER_FINISH_EOS || fin == SAMPLER_FINISH_STOP_TOKEN) {
-            finish = "stop"; /* the EOS or stop token is not part of the output */
-            break;
-        }
-        out_ids[n_out++] = best;
-        if (json_logprobs != NULL) {
-            double norm = log_normaliser(logits, cfg->n_vocab);
-            cJSON *entry = cJSON_CreateObject();
-            cJSON_AddNumberToObject(entry, "id", best);
-            cJSON_AddNumberToObject(entry, "logprob", (double)logits[best] - norm);
-            cJSON *top = cJSON_AddArrayToObject(entry, "top");
-            struct top_entry t[GENERATE_MAX_TOP];
-            int32_t n_t = top_k(logits, cfg->n_vocab, a.n_top, t);
-            for (int32_t i = 0; i < n_t; i++) {
-                cJSON *pair = cJSON_CreateArray();
-                cJSON_AddItemToArray(pair, cJSON_CreateNumber(t[i].id));
-                cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)t[i].logit - norm));
-                cJSON_AddItemToArray(top, pair);
-            }
-            cJSON_AddItemToArray(json_logprobs, entry);
-        }
-        if (matcher != NULL) {
-            size_t n_piece = detok_feed(&detok, best, piece, piece_cap);
-            bool can_match = n_out > a.sp.min_tokens;
-            struct stop_output so;
-            if (stop_matcher_push(matcher, piece, n_piece, can_match, &so) != 0) {
-                fprintf(stderr, "gptd generate: out of memory\n");
-                goto done;
-            }
-            memcpy(stop_text + n_stop_text, so.text, so.len);
-            n_stop_text += so.len;
-            if (so.i_stop >= 0) {
-                i_stop = so.i_stop;
-                finish = "stop";
-                break;
-            }
-        }
-        if (n_out == a.n_new) {
-            break;
-        }
-        if (seq.n_pos >= cfg->n_ctx) {
-            break; /* the context is full: "length" */
-        }
-        if (kv_seq_reserve(kv, &seq, 1) != KV_OK) {
-            fprintf(stderr, "gptd generate: the KV cache is too small (--kv-cache-mb)\n");
-            goto done;
-        }
-        struct model_batch_seq b = {
-            .kv = &seq, .tokens = &out_ids[n_out - 1], .n_tokens = 1, .n_logits = 1};
-        if (model_forward(model, kv, scratch, &b, 1, logits) != 0) {
-            fprintf(stderr, "gptd generate: forward pass failed\n");
-            goto done;
-        }
-    }
-    int64_t t_end = time_now_us();
+    int64_t t_prefill = out.t_first_token_us != 0 ? out.t_first_token_us : out.t_end_us;
+    int64_t t_decode = out.t_end_us - t_prefill;
     log_info("generate: prompt %zu tokens in %.1f ms, %d new tokens in %.1f ms (%.1f tok/s)",
-             n_prompt, (double)(t_prefill - t_start) / 1e3, n_out,
-             (double)(t_end - t_prefill) / 1e3,
-             t_end > t_prefill ? n_out / ((double)(t_end - t_prefill) / 1e6) : 0.0);
+             n_prompt, (double)(t_prefill - t_start) / 1e3, out.n_ids, (double)t_decode / 1e3,
+             t_decode > 0 && out.n_ids > 1 ? (out.n_ids - 1) / ((double)t_decode / 1e6) : 0.0);
 
-    if (matcher != NULL) {
-        if (i_stop < 0) { /* no match: release the held-back tail, then the decoder's */
-            char tail[64];
-            struct stop_output so;
-            size_t n_tail = detok_flush(&detok, tail, sizeof(tail));
-            stop_matcher_push(matcher, tail, n_tail, n_out > a.sp.min_tokens, &so);
-            memcpy(stop_text + n_stop_text, so.text, so.len);
-            n_stop_text += so.len;
-            i_stop = so.i_stop;
-            if (i_stop < 0) {
-                stop_matcher_finish(matcher, &so);
-                memcpy(stop_text + n_stop_text, so.text, so.len);
-                n_stop_text += so.len;
-            } else {
-                finish = "stop";
-            }
-        }
-        stop_text[n_stop_text] = '\0';
-        text = stop_text;
-        stop_text = NULL;
-    } else if (tok != NULL) {
-        text = tokenizer_decode(tok, out_ids, (size_t)n_out, NULL);
-    }
+    const char *text = tok == NULL ? NULL : out.text != NULL ? out.text : "";
     if (json != NULL) {
         cJSON *p = cJSON_AddArrayToObject(json, "prompt_ids");
         for (size_t i = 0; i < n_prompt; i++) {
             cJSON_AddItemToArray(p, cJSON_CreateNumber(prompt[i]));
         }
         cJSON *ids = cJSON_AddArrayToObject(json, "ids");
-        for (int32_t i = 0; i < n_out; i++) {
-            cJSON_AddItemToArray(ids, cJSON_CreateNumber(out_ids[i]));
+        for (int32_t i = 0; i < out.n_ids; i++) {
+            cJSON_AddItemToArray(ids, cJSON_CreateNumber(out.ids[i]));
         }
         if (text != NULL) {
             cJSON_AddStringToObject(json, "text", text);
         } else {
             cJSON_AddNullToObject(json, "text");
         }
-        cJSON_AddStringToObject(json, "finish_reason", finish);
-        if (i_stop >= 0) {
-            cJSON_AddStringToObject(json, "stop_reason", a.sp.stop[i_stop]);
+        cJSON_AddStringToObject(json, "finish_reason", finish_name(out.finish));
+        if (out.stop_reason[0] != '\0') {
+            cJSON_AddStringToObject(json, "stop_reason", out.stop_reason);
         }
-        cJSON_AddItemToObject(json, "logprobs", json_logprobs);
-        json_logprobs = NULL;
+        cJSON_AddItemToObject(json, "logprobs", out.logprobs);
+        out.logprobs = NULL;
         char *s = cJSON_PrintUnformatted(json);
         if (s == NULL) {
             fprintf(stderr, "gptd generate: out of memory\n");
@@ -589,29 +593,20 @@ int cmd_generate(int argc, char **argv) {
     } else if (text != NULL) {
         printf("%s\n", text);
     } else {
-        for (int32_t i = 0; i < n_out; i++) {
-            printf("%s%d", i > 0 ? " " : "", out_ids[i]);
+        for (int32_t i = 0; i < out.n_ids; i++) {
+            printf("%s%d", i > 0 ? " " : "", out.ids[i]);
         }
         printf("\n");
     }
     exit_code = 0;
 
 done:
-    free(text);
-    free(stop_text);
-    free(piece);
-    stop_matcher_destroy(matcher);
-    sampler_destroy(sampler);
+    engine_destroy(engine);
     cJSON_Delete(json);
-    cJSON_Delete(json_logprobs);
-    free(logits);
-    free(out_ids);
+    cJSON_Delete(out.logprobs);
+    free(out.text);
+    free(out.ids);
     free(prompt);
-    if (kv != NULL) {
-        kv_seq_finish(kv, &seq);
-    }
-    model_scratch_destroy(scratch);
-    kv_cache_destroy(kv);
     tokenizer_destroy(tok);
     model_destroy(model);
     return exit_code;

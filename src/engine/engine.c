@@ -95,12 +95,13 @@ struct engine *engine_create(struct model *model, const struct tokenizer *tok,
     int32_t rows = cfg->max_batch_tokens;
     e->scratch = model_scratch_create(model, rows, rows);
     e->logits = malloc((size_t)rows * (size_t)e->n_vocab * sizeof(float));
+    e->lp_scratch = malloc((size_t)e->n_vocab * sizeof(float));
     e->batch = calloc((size_t)rows, sizeof(*e->batch));
     e->batch_seq = calloc((size_t)rows, sizeof(*e->batch_seq));
     e->batch_start = calloc((size_t)rows, sizeof(*e->batch_start));
     e->running = calloc((size_t)e->max_running, sizeof(*e->running));
-    if (e->scratch == NULL || e->logits == NULL || e->batch == NULL || e->batch_seq == NULL ||
-        e->batch_start == NULL || e->running == NULL) {
+    if (e->scratch == NULL || e->logits == NULL || e->lp_scratch == NULL || e->batch == NULL ||
+        e->batch_seq == NULL || e->batch_start == NULL || e->running == NULL) {
         snprintf(err, err_size, "out of memory for the engine's scratch (%d rows)", (int)rows);
         goto fail;
     }
@@ -552,37 +553,6 @@ static void plan_step(struct engine *e, struct step_plan *plan) {
 
 /* ---- sampling and events ---------------------------------------------------------------- */
 
-/* log-softmax of one row: logprob of token and the k most likely (id, logprob), best first. */
-static float row_logprobs(const float *row, int32_t n_vocab, int32_t token, int32_t k,
-                          struct engine_logprob *top) {
-    float max = -INFINITY;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        max = row[i] > max ? row[i] : max;
-    }
-    double sum = 0.0;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        sum += exp((double)(row[i] - max));
-    }
-    float lse = max + (float)log(sum);
-    int32_t n_top = 0;
-    for (int32_t i = 0; i < n_vocab && k > 0; i++) {
-        if (n_top == k && row[i] <= top[k - 1].logprob) {
-            continue;
-        }
-        int32_t pos = n_top < k ? n_top++ : k - 1;
-        while (pos > 0 && top[pos - 1].logprob < row[i]) {
-            top[pos] = top[pos - 1];
-            pos--;
-        }
-        top[pos].id = i;
-        top[pos].logprob = row[i];
-    }
-    for (int32_t i = 0; i < n_top; i++) {
-        top[i].logprob -= lse;
-    }
-    return row[token] - lse;
-}
-
 static void emit_prompt_logprobs(struct engine *e, struct engine_request *req, int32_t start,
                                  int32_t n_rows, const float *logits) {
     int32_t k = req->params.sampling.logprobs > 0 ? req->params.sampling.logprobs : 0;
@@ -596,9 +566,8 @@ static void emit_prompt_logprobs(struct engine *e, struct engine_request *req, i
         event_init(&ev, ENGINE_EVENT_PROMPT_TOKEN, 0);
         ev.token = req->prompt[pos + 1];
         ev.has_logprob = true;
-        ev.logprob =
-            row_logprobs(logits + (size_t)r * (size_t)e->n_vocab, e->n_vocab, ev.token, k, ev.top);
-        ev.n_top = k;
+        ev.logprob = sampling_logprobs(logits + (size_t)r * (size_t)e->n_vocab, e->n_vocab,
+                                       ev.token, k, ev.top, &ev.n_top, e->lp_scratch);
         push_locked(req, &ev);
         req->n_prompt_logprobs_done = pos + 1;
     }
@@ -733,8 +702,7 @@ static void seq_sample(struct engine *e, struct seq *seq, const float *row, int6
         ev.logprob = res->logprob;
         ev.n_top = res->n_top_logprobs;
         for (int32_t i = 0; i < res->n_top_logprobs; i++) {
-            ev.top[i].id = res->top_logprobs[i].token_id;
-            ev.top[i].logprob = res->top_logprobs[i].logprob;
+            ev.top[i] = res->top_logprobs[i];
         }
     }
     if (sp->candidates > 0) {
@@ -773,15 +741,16 @@ static void fork_group(struct engine *e, struct seq *seq0) {
 /* Stores seq's best next tokens (raw log-softmax) for the pending beam step. */
 static void beam_store_candidates(struct engine *e, struct seq *seq, const float *row) {
     int32_t w = seq->req->n_seqs;
-    struct engine_logprob top[ENGINE_MAX_BEAMS * 2];
+    struct sampling_logprob top[ENGINE_MAX_BEAMS * 2];
     /* 2W candidates per beam: up to W of them may be EOS when EOS ends hypotheses. */
     int32_t k = 2 * w;
-    row_logprobs(row, e->n_vocab, 0, k, top);
-    for (int32_t i = 0; i < k; i++) {
-        seq->cand_id[i] = top[i].id;
+    int32_t n_top = 0;
+    sampling_logprobs(row, e->n_vocab, 0, k, top, &n_top, e->lp_scratch);
+    for (int32_t i = 0; i < n_top; i++) {
+        seq->cand_id[i] = top[i].token_id;
         seq->cand_lp[i] = top[i].logprob;
     }
-    seq->n_cand = k;
+    seq->n_cand = n_top;
     seq->has_cand = true;
 }
 
@@ -1164,6 +1133,7 @@ void engine_destroy(struct engine *e) {
     model_scratch_destroy(e->scratch);
     kv_cache_destroy(e->kv);
     free(e->logits);
+    free(e->lp_scratch);
     free(e->batch);
     free(e->batch_seq);
     free(e->batch_start);

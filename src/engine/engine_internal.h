@@ -122,6 +122,7 @@ struct engine {
     int32_t n_running_seqs;
     uint64_t admit_counter;
     float *logits;                 /* (max_batch_tokens, V) */
+    float *lp_scratch;             /* (V,) for sampling_logprobs() on prompt and beam rows */
     struct model_batch_seq *batch; /* (max_batch_tokens,) */
     struct seq **batch_seq;        /* (max_batch_tokens,) which sequence each entry is */
     int32_t *batch_start;          /* (max_batch_tokens,) first position of each span */

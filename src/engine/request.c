@@ -91,6 +91,10 @@ struct engine_request *engine_request_create(const struct engine *cengine,
         set_err(err, err_size, "max_tokens must be >= 0");
         goto fail;
     }
+    if (engine->tok == NULL && params->sampling.n_stop > 0) {
+        set_err(err, err_size, "stop strings need the model's tokenizer files");
+        goto fail;
+    }
     if (params->use_beam_search && params->best_of > ENGINE_MAX_BEAMS) {
         snprintf(err, err_size, "beam search supports at most %d beams (best_of)",
                  ENGINE_MAX_BEAMS);

@@ -440,17 +440,14 @@ static double sum_cands(const struct cand *c, int32_t n) {
     return a0 + a1;
 }
 
-/* Raw logprobs: log-softmax of logits (V,), the top k of it, and the chosen token's value.
- * scratch (V,) is free memory to use. */
-static void fill_logprobs(const float *logits, float *scratch, int32_t v, int32_t k, int32_t token,
-                          struct sample_result *out) {
+float sampling_logprobs(const float *logits, int32_t v, int32_t token, int32_t k,
+                        struct sampling_logprob *top, int32_t *n_top, float *scratch) {
     float max = -INFINITY;
     for (int32_t i = 0; i < v; i++) {
         max = logits[i] > max ? logits[i] : max;
     }
     exp_row(logits, scratch, v, max, 1.0f);
     double sum = sum_floats(scratch, v);
-    struct sampling_logprob *top = out->top_logprobs;
     int32_t m = 0;
     for (int32_t i = 0; i < v && k > 0; i++) {
         float l = logits[i];
@@ -471,9 +468,8 @@ static void fill_logprobs(const float *logits, float *scratch, int32_t v, int32_
     for (int32_t i = 0; i < m; i++) {
         top[i].logprob -= lse;
     }
-    out->n_top_logprobs = m;
-    out->logprob = logits[token] - lse;
-    out->has_logprobs = true;
+    *n_top = m;
+    return logits[token] - lse;
 }
 
 /* Greedy: the first (lowest) id with the largest finite value, or -1. */
@@ -787,7 +783,9 @@ int32_t sampler_sample(struct sampler *s, const float *logits, struct sample_res
     }
     out->token_id = token;
     if (p->logprobs >= 0) {
-        fill_logprobs(logits, s->work, s->n_vocab, p->logprobs, token, out);
+        out->logprob = sampling_logprobs(logits, s->n_vocab, token, p->logprobs, out->top_logprobs,
+                                         &out->n_top_logprobs, s->work);
+        out->has_logprobs = true;
     }
     return token;
 }

@@ -2,7 +2,7 @@
  * request.c: body bytes -> validated struct completion_request (see request.h for the rules).
  *
  * HTTP threads; no shared state. Every error names a field through a static string and never
- * copies request bytes into a message (reliability.md section 0).
+ * copies request bytes into a message (docs/RELIABILITY.md section 0).
  */
 #include "request.h"
 

@@ -2,7 +2,7 @@
  * request.h: the pure part of POST /v1/completions (and /tokenize, /detokenize): request body
  * bytes -> a validated struct completion_request, or an OpenAI error object's fields.
  *
- * No HTTP and no engine here, so every rule of reliability.md's catalogue B/F that needs no
+ * No HTTP and no engine here, so every rule of docs/RELIABILITY.md's catalogue B/F that needs no
  * model is unit-tested directly (tests/test_server_request.c). Called on HTTP threads; every
  * function is a pure function of its arguments (the tokenizer is thread-safe).
  *

@@ -230,7 +230,7 @@ static size_t token_chars(const struct completion_builder *b, int32_t id) {
 
 /* Appends one position to the lists; has_lp false writes null logprob and null top. */
 static void lp_add(const struct completion_builder *b, struct lp_lists *l, int32_t token,
-                   bool has_lp, float logprob, const struct engine_logprob *top, int32_t n_top,
+                   bool has_lp, float logprob, const struct sampling_logprob *top, int32_t n_top,
                    size_t offset) {
     sep(&l->tokens, l->n);
     sep(&l->values, l->n);
@@ -242,7 +242,7 @@ static void lp_add(const struct completion_builder *b, struct lp_lists *l, int32
         sbuf_append(&l->top, "{", 1);
         for (int32_t k = 0; k < n_top && k < ENGINE_EVENT_TOP_MAX; k++) {
             sep(&l->top, (size_t)k);
-            token_string(b, &l->top, top[k].id);
+            token_string(b, &l->top, top[k].token_id);
             sbuf_append(&l->top, ":", 1);
             sbuf_json_double(&l->top, top[k].logprob);
         }

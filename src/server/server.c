@@ -741,8 +741,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max);
 static void stream_free(void *cls);
 
 /* Every engine request has left the queue: only now do the 200 and the SSE headers go out
- * (reliability.md section 0), so a request refused while queued (queue timeout, shutdown) still
- * gets a real status. Events that came with the admission wait in x->out. */
+ * (docs/RELIABILITY.md section 0), so a request refused while queued (queue timeout, shutdown)
+ * still gets a real status. Events that came with the admission wait in x->out. */
 static enum MHD_Result stream_start_response(struct conn *x) {
     struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
                                                                stream_reader, x, stream_free);

@@ -34,15 +34,15 @@ int32_t tokenizer_n_vocab(const struct tokenizer *tok) {
 }
 
 int32_t tokenizer_eos_id(const struct tokenizer *tok) {
-    return tok->eos_id;
+    return tok != NULL ? tok->eos_id : -1;
 }
 
 size_t tokenizer_max_token_bytes(const struct tokenizer *tok) {
-    return tok->max_token_bytes;
+    return tok != NULL ? tok->max_token_bytes : 0;
 }
 
 const char *tokenizer_token_bytes(const struct tokenizer *tok, int32_t id, size_t *len) {
-    if (id < 0 || id >= tok->n_vocab || !tok->is_valid[id]) {
+    if (tok == NULL || id < 0 || id >= tok->n_vocab || !tok->is_valid[id]) {
         *len = 0;
         return NULL;
     }

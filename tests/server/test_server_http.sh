@@ -4,7 +4,7 @@
 # Starts the real binary on ephemeral loopback ports with the tiny random model from
 # tests/data and checks, with curl and jq: greedy non-streamed == streamed (== `gptd
 # generate` when that command exists), every prompt form, n, best_of, echo + logprobs, stop,
-# include_usage, seed reproducibility, reliability.md's bad-input catalogue B/F (status and
+# include_usage, seed reproducibility, docs/RELIABILITY.md's bad-input catalogue B/F (status and
 # error body, server healthy afterwards), auth and CORS (A), disconnects mid-stream and while
 # waiting for a non-streamed answer (running sequences back to 0 within 2 s, seen through
 # /metrics), and SIGTERM with streams in flight (all end with [DONE], exit 0).

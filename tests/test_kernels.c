@@ -1,0 +1,291 @@
+/*
+ * test_kernels.c: src/model/kernels.c's fast kernels against their naive references, on every
+ * ISA this CPU runs (scalar, AVX2, AVX-512): the weight matmul with float32, float16 and
+ * bfloat16 weights (the same bytes, a row at a time or all rows at once), float32 <-> float16
+ * conversion, the vector helpers (dot, exp-shift-sum, axpy, GELU) and attention over a paged
+ * float32 or float16 KV cache.
+ *
+ * Includes src/model's private kernels.h by relative path; the float16 / bfloat16 references the
+ * kernels are checked against are model_common.h's own.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+
+#include <gptd/util.h>
+
+#include "../src/model/kernels.h"
+#include "model_common.h"
+
+/* w (n_el,) rounded to wt's precision, and the same values as wt's bit patterns. */
+static void round_weights(enum kernel_wtype wt, float *w, uint16_t *bits, size_t n_el) {
+    for (size_t i = 0; i < n_el; i++) {
+        if (wt == KERNEL_W_F16) {
+            bits[i] = to_f16(w[i]);
+            w[i] = from_f16(bits[i]);
+        } else if (wt == KERNEL_W_BF16) {
+            bits[i] = to_bf16(w[i]);
+            w[i] = tt_round_bf16(w[i]);
+        }
+    }
+}
+
+START_TEST(test_matmul_kernels_match_reference_bytes) {
+    static const int32_t shapes[][3] = {{1, 8, 8},    {1, 64, 64},    {7, 64, 192}, {13, 33, 71},
+                                        {6, 100, 64}, {32, 128, 130}, {5, 1, 1},    {12, 256, 64}};
+    for (int isa = KERNEL_ISA_SCALAR; isa <= KERNEL_ISA_AVX512; isa++) {
+        if (!kernel_isa_supported((enum kernel_isa)isa)) {
+            continue;
+        }
+        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_BF16; wt++) {
+            for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+                int32_t m = shapes[s][0], k = shapes[s][1], n = shapes[s][2];
+                size_t w_size = kernel_wtype_size((enum kernel_wtype)wt);
+                float *x = malloc((size_t)m * k * sizeof(float));
+                float *w = malloc((size_t)k * n * sizeof(float));
+                uint16_t *bits = malloc((size_t)k * n * sizeof(uint16_t));
+                unsigned char *wp =
+                    aligned_alloc(64, (kernel_packed_floats(k, n) * w_size + 63) / 64 * 64);
+                float *bias = malloc((size_t)n * sizeof(float));
+                float *got = malloc((size_t)m * n * sizeof(float));
+                float *want = malloc((size_t)m * n * sizeof(float));
+                uint32_t r = 12345u + (uint32_t)s;
+                for (int32_t i = 0; i < m * k; i++) {
+                    r = r * 1664525u + 1013904223u;
+                    x[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
+                }
+                for (int32_t i = 0; i < k * n; i++) {
+                    r = r * 1664525u + 1013904223u;
+                    w[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
+                }
+                /* A few half subnormals, which the F16 path must widen exactly too. */
+                w[0] = 3e-6f;
+                w[(k * n) / 2] = -1e-7f;
+                round_weights((enum kernel_wtype)wt, w, bits, (size_t)k * n);
+                memset(wp, 0, kernel_packed_floats(k, n) * w_size);
+                for (int32_t i = 0; i < k * n; i++) {
+                    size_t at = kernel_packed_index(k, i / n, i % n);
+                    if (wt == KERNEL_W_F32) {
+                        ((float *)(void *)wp)[at] = w[i];
+                    } else {
+                        ((uint16_t *)(void *)wp)[at] = bits[i];
+                    }
+                    ck_assert(kernel_packed_get((enum kernel_wtype)wt, wp, at) == w[i]);
+                }
+                for (int32_t i = 0; i < n; i++) {
+                    bias[i] = (float)i * 0.01f;
+                }
+                for (int ep = 0; ep < 3; ep++) {
+                    for (int32_t i = 0; i < m * n; i++) {
+                        got[i] = want[i] = (float)i;
+                    }
+                    kernel_matmul_ref(x, (size_t)k, w, bias, want, (size_t)n, m, k, n,
+                                      (enum kernel_epilogue)ep);
+                    /* Rows one at a time, then all at once: the same bytes either way. */
+                    for (int32_t i = 0; i < m; i++) {
+                        kernel_matmul((enum kernel_isa)isa, x + (size_t)i * k, (size_t)k, wp,
+                                      (enum kernel_wtype)wt, bias, got + (size_t)i * n, (size_t)n,
+                                      1, k, n, 0, kernel_n_panels(n), (enum kernel_epilogue)ep);
+                    }
+                    if (ep == KERNEL_EPILOGUE_GELU_TANH) {
+                        ck_assert_float_le(max_abs_diff(got, want, (size_t)m * n), 1e-5f);
+                    } else {
+                        ck_assert_msg(memcmp(got, want, (size_t)m * n * sizeof(float)) == 0,
+                                      "%s weights %d m=%d k=%d n=%d epilogue %d: max diff %g",
+                                      kernel_isa_name((enum kernel_isa)isa), wt, m, k, n, ep,
+                                      (double)max_abs_diff(got, want, (size_t)m * n));
+                    }
+                    float *all = malloc((size_t)m * n * sizeof(float));
+                    for (int32_t i = 0; i < m * n; i++) {
+                        all[i] = (float)i;
+                    }
+                    kernel_matmul((enum kernel_isa)isa, x, (size_t)k, wp, (enum kernel_wtype)wt,
+                                  bias, all, (size_t)n, m, k, n, 0, kernel_n_panels(n),
+                                  (enum kernel_epilogue)ep);
+                    ck_assert_int_eq(memcmp(all, got, (size_t)m * n * sizeof(float)), 0);
+                    free(all);
+                }
+                free(x);
+                free(w);
+                free(bits);
+                free(wp);
+                free(bias);
+                free(got);
+                free(want);
+            }
+        }
+    }
+}
+END_TEST
+
+/* kernel_f32_to_f16 rounds to nearest even on every ISA exactly as the test's own converter
+ * does (normal, subnormal, tie, overflow and signed-zero inputs), and widening undoes it. */
+START_TEST(test_half_conversions_match_reference) {
+    enum { N = 4099 };
+    float *x = malloc(N * sizeof(float));
+    float *back = malloc(N * sizeof(float));
+    uint16_t *h = malloc(N * sizeof(uint16_t));
+    uint32_t r = 777u;
+    for (int i = 0; i < N; i++) {
+        r = r * 1664525u + 1013904223u;
+        float mag = ldexpf((float)(r >> 8) / 16777216.0f, (int)(r % 44) - 28); /* 2^-28 .. 2^16 */
+        x[i] = (r & 1u) ? -mag : mag;
+    }
+    const float special[] = {0.0f,
+                             -0.0f,
+                             65504.0f,
+                             65520.0f,
+                             1e9f,
+                             -1e9f,
+                             5.9604645e-8f,
+                             2.9802322e-8f,
+                             1.0f + 1.0f / 2048.0f,
+                             1.0f + 3.0f / 2048.0f};
+    memcpy(x, special, sizeof(special));
+    for (int isa = KERNEL_ISA_SCALAR; isa <= KERNEL_ISA_AVX512; isa++) {
+        if (!kernel_isa_supported((enum kernel_isa)isa)) {
+            continue;
+        }
+        kernel_f32_to_f16((enum kernel_isa)isa, x, h, N);
+        for (int i = 0; i < N; i++) {
+            ck_assert_msg(h[i] == to_f16(x[i]), "%s: %a -> 0x%04x, want 0x%04x",
+                          kernel_isa_name((enum kernel_isa)isa), (double)x[i], h[i], to_f16(x[i]));
+        }
+        kernel_f16_to_f32((enum kernel_isa)isa, h, back, N);
+        for (int i = 0; i < N; i++) {
+            float want = from_f16(h[i]);
+            ck_assert_int_eq(memcmp(&back[i], &want, sizeof(float)), 0);
+        }
+    }
+    free(x);
+    free(back);
+    free(h);
+}
+END_TEST
+
+START_TEST(test_vector_helpers_match_scalar) {
+    float a[100], b[100], y1[100], y2[100];
+    for (int i = 0; i < 100; i++) {
+        a[i] = sinf((float)i);
+        b[i] = cosf((float)i * 0.7f);
+    }
+    for (int isa = KERNEL_ISA_AVX2; isa <= KERNEL_ISA_AVX512; isa++) {
+        if (!kernel_isa_supported((enum kernel_isa)isa)) {
+            continue;
+        }
+        for (int32_t n = 1; n <= 100; n += 7) {
+            float d0 = kernel_dot(KERNEL_ISA_SCALAR, a, b, n);
+            float d1 = kernel_dot((enum kernel_isa)isa, a, b, n);
+            ck_assert_float_le(fabsf(d0 - d1), 1e-5f);
+            memcpy(y1, a, sizeof(a));
+            memcpy(y2, a, sizeof(a));
+            float s0 = kernel_exp_shift_sum(KERNEL_ISA_SCALAR, y1, n, 0.5f);
+            float s1 = kernel_exp_shift_sum((enum kernel_isa)isa, y2, n, 0.5f);
+            ck_assert_float_le(fabsf(s0 - s1), 1e-5f * s0);
+            ck_assert_float_le(max_abs_diff(y1, y2, (size_t)n), 1e-6f);
+            memcpy(y1, b, sizeof(b));
+            memcpy(y2, b, sizeof(b));
+            kernel_axpy(KERNEL_ISA_SCALAR, 0.3f, a, y1, n);
+            kernel_axpy((enum kernel_isa)isa, 0.3f, a, y2, n);
+            ck_assert_float_le(max_abs_diff(y1, y2, (size_t)n), 1e-6f);
+            for (int i = 0; i < n; i++) {
+                y1[i] = y2[i] = (a[i] - 0.2f) * 12.0f;
+            }
+            kernel_gelu_tanh(KERNEL_ISA_SCALAR, y1, (size_t)n);
+            kernel_gelu_tanh((enum kernel_isa)isa, y2, (size_t)n);
+            ck_assert_float_le(max_abs_diff(y1, y2, (size_t)n), 2e-6f);
+        }
+    }
+    /* Attention over a paged layout (3 blocks of 16 rows, scattered), every ISA vs scalar. */
+    enum { HS = 64, ROW = 80, BLOCK = 16 * ROW, N_POS = 40 };
+    float *cache_k = malloc(5 * BLOCK * sizeof(float));
+    float *cache_v = malloc(5 * BLOCK * sizeof(float));
+    for (int i = 0; i < 5 * BLOCK; i++) {
+        cache_k[i] = sinf((float)i * 0.37f);
+        cache_v[i] = cosf((float)i * 0.11f);
+    }
+    const int32_t blocks[3] = {4, 0, 2};
+    float q[HS], want[HS], got[HS], scores[N_POS];
+    for (int i = 0; i < HS; i++) {
+        q[i] = 0.05f * (float)(i % 13) - 0.3f;
+    }
+    for (int32_t n = 1; n <= N_POS; n += 13) {
+        kernel_attention(KERNEL_ISA_SCALAR, q, cache_k + 3, cache_v + 3, KERNEL_W_F32, blocks,
+                         BLOCK, ROW, n, HS, 0.125f, scores, want);
+        float sum = 0.0f;
+        for (int i = 0; i < HS; i++) {
+            sum += want[i];
+        }
+        ck_assert(isfinite(sum));
+        for (int isa = KERNEL_ISA_AVX2; isa <= KERNEL_ISA_AVX512; isa++) {
+            if (kernel_isa_supported((enum kernel_isa)isa)) {
+                kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, KERNEL_W_F32,
+                                 blocks, BLOCK, ROW, n, HS, 0.125f, scores, got);
+                ck_assert_float_le(max_abs_diff(got, want, HS), 1e-5f);
+            }
+        }
+    }
+    /* One position: the output is that position's V row. */
+    kernel_attention(KERNEL_ISA_SCALAR, q, cache_k, cache_v, KERNEL_W_F32, blocks, BLOCK, ROW, 1,
+                     HS, 0.125f, scores, got);
+    ck_assert_float_le(max_abs_diff(got, cache_v + 4 * BLOCK, HS), 1e-6f);
+    /* A half cache gives, on every ISA, the bytes of a float32 cache holding the same (rounded)
+     * values: head size 64 (AVX-512's own path) and 40 (the generic one). */
+    uint16_t *half_k = malloc(5 * BLOCK * sizeof(uint16_t));
+    uint16_t *half_v = malloc(5 * BLOCK * sizeof(uint16_t));
+    for (int i = 0; i < 5 * BLOCK; i++) {
+        half_k[i] = to_f16(cache_k[i]);
+        half_v[i] = to_f16(cache_v[i]);
+        cache_k[i] = from_f16(half_k[i]);
+        cache_v[i] = from_f16(half_v[i]);
+    }
+    for (int isa = KERNEL_ISA_SCALAR; isa <= KERNEL_ISA_AVX512; isa++) {
+        if (!kernel_isa_supported((enum kernel_isa)isa)) {
+            continue;
+        }
+        for (int hs = 40; hs <= 64; hs += 24) {
+            for (int32_t n = 1; n <= N_POS; n += 13) {
+                kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, KERNEL_W_F32,
+                                 blocks, BLOCK, ROW, n, hs, 0.125f, scores, want);
+                kernel_attention((enum kernel_isa)isa, q, half_k + 3, half_v + 3, KERNEL_W_F16,
+                                 blocks, BLOCK, ROW, n, hs, 0.125f, scores, got);
+                ck_assert_msg(memcmp(got, want, (size_t)hs * sizeof(float)) == 0,
+                              "%s hs %d n %d: f16 cache differs by %g",
+                              kernel_isa_name((enum kernel_isa)isa), hs, n,
+                              (double)max_abs_diff(got, want, (size_t)hs));
+            }
+        }
+    }
+    free(half_k);
+    free(half_v);
+    free(cache_k);
+    free(cache_v);
+    /* The GELU form used is the tanh one. */
+    ck_assert_float_le(fabsf(kernel_gelu_tanh_ref(1.0f) -
+                             0.5f * (1.0f + tanhf(0.7978845608f * (1.0f + 0.044715f)))),
+                       1e-6f);
+}
+END_TEST
+
+static Suite *kernels_suite(void) {
+    Suite *s = suite_create("kernels");
+    TCase *kernels = tcase_create("kernels");
+    tcase_set_timeout(kernels, 120);
+    tcase_add_test(kernels, test_matmul_kernels_match_reference_bytes);
+    tcase_add_test(kernels, test_vector_helpers_match_scalar);
+    tcase_add_test(kernels, test_half_conversions_match_reference);
+    suite_add_tcase(s, kernels);
+    return s;
+}
+
+int main(void) {
+    log_set_level(LOG_LEVEL_WARN);
+    SRunner *sr = srunner_create(kernels_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int n_failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return n_failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
