@@ -1,7 +1,8 @@
 /*
  * test_kernels.c: src/model/kernels.c's fast kernels against their naive references, on every
  * ISA this CPU runs (scalar, AVX2, AVX-512): the weight matmul with float32, float16 and
- * bfloat16 weights (the same bytes, a row at a time or all rows at once), float32 <-> float16
+ * bfloat16 weights (the same bytes, a row at a time or all rows at once), the SWIGLU epilogue
+ * of the Llama MLP, float32 <-> float16
  * conversion, the vector helpers (dot, exp-shift-sum, axpy, GELU) and attention over a paged
  * float32 or float16 KV cache.
  *
@@ -114,6 +115,93 @@ START_TEST(test_matmul_kernels_match_reference_bytes) {
                 free(wp);
                 free(bias);
                 free(got);
+                free(want);
+            }
+        }
+    }
+}
+END_TEST
+
+/* The SWIGLU epilogue (the Llama MLP: silu(gate) * up in one pass over a SWIGLU-packed weight)
+ * against the reference on every ISA and weight type, widths that are not a multiple of 32
+ * included: within float rounding of the reference (the silu's exp differs in the last bits),
+ * and rows one at a time give the same bytes as all rows at once. */
+START_TEST(test_swiglu_matmul_matches_reference) {
+    static const int32_t shapes[][3] = {{1, 8, 8},    {3, 64, 32},  {7, 33, 45},
+                                        {6, 100, 96}, {13, 64, 70}, {2, 17, 1}};
+    for (int isa = KERNEL_ISA_SCALAR; isa <= KERNEL_ISA_AVX512; isa++) {
+        if (!kernel_isa_supported((enum kernel_isa)isa)) {
+            continue;
+        }
+        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_BF16; wt++) {
+            for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+                int32_t m = shapes[s][0], k = shapes[s][1], f = shapes[s][2];
+                int32_t np = kernel_swiglu_packed_n(f);
+                size_t w_size = kernel_wtype_size((enum kernel_wtype)wt);
+                float *x = malloc((size_t)m * k * sizeof(float));
+                float *w = malloc((size_t)k * 2 * f * sizeof(float)); /* (K, 2F): gate | up */
+                uint16_t *bits = malloc((size_t)k * 2 * f * sizeof(uint16_t));
+                unsigned char *wp =
+                    aligned_alloc(64, (kernel_packed_floats(k, np) * w_size + 63) / 64 * 64);
+                float *bias = malloc((size_t)2 * f * sizeof(float));
+                float *bias_packed = calloc((size_t)np, sizeof(float));
+                float *got = malloc((size_t)m * f * sizeof(float));
+                float *all = malloc((size_t)m * f * sizeof(float));
+                float *want = malloc((size_t)m * f * sizeof(float));
+                uint32_t r = 777u + (uint32_t)s;
+                for (int32_t i = 0; i < m * k; i++) {
+                    r = r * 1664525u + 1013904223u;
+                    x[i] = (float)(r >> 8) / 16777216.0f - 0.5f;
+                }
+                for (int32_t i = 0; i < k * 2 * f; i++) {
+                    r = r * 1664525u + 1013904223u;
+                    w[i] = ((float)(r >> 8) / 16777216.0f - 0.5f) * 2.0f;
+                }
+                round_weights((enum kernel_wtype)wt, w, bits, (size_t)k * 2 * f);
+                memset(wp, 0, kernel_packed_floats(k, np) * w_size);
+                for (int32_t kk = 0; kk < k; kk++) {
+                    for (int32_t c = 0; c < 2 * f; c++) {
+                        int32_t col = kernel_swiglu_column(c % f, c >= f);
+                        size_t at = kernel_packed_index(k, kk, col);
+                        size_t i = (size_t)kk * 2 * f + (size_t)c;
+                        if (wt == KERNEL_W_F32) {
+                            ((float *)(void *)wp)[at] = w[i];
+                        } else {
+                            ((uint16_t *)(void *)wp)[at] = bits[i];
+                        }
+                    }
+                }
+                for (int32_t c = 0; c < 2 * f; c++) {
+                    bias[c] = (float)(c % 7) * 0.1f - 0.3f;
+                    bias_packed[kernel_swiglu_column(c % f, c >= f)] = bias[c];
+                }
+                kernel_matmul_ref(x, (size_t)k, w, bias, want, (size_t)f, m, k, f,
+                                  KERNEL_EPILOGUE_SWIGLU);
+                int32_t n_panels = kernel_matmul_n_panels(f, KERNEL_EPILOGUE_SWIGLU);
+                for (int32_t i = 0; i < m; i++) {
+                    kernel_matmul((enum kernel_isa)isa, x + (size_t)i * k, (size_t)k, wp,
+                                  (enum kernel_wtype)wt, bias_packed, got + (size_t)i * f,
+                                  (size_t)f, 1, k, f, 0, n_panels, KERNEL_EPILOGUE_SWIGLU);
+                }
+                kernel_matmul((enum kernel_isa)isa, x, (size_t)k, wp, (enum kernel_wtype)wt,
+                              bias_packed, all, (size_t)f, m, k, f, 0, n_panels,
+                              KERNEL_EPILOGUE_SWIGLU);
+                for (int32_t i = 0; i < m * f; i++) {
+                    float tol = 1e-5f + 1e-5f * fabsf(want[i]);
+                    ck_assert_msg(fabsf(got[i] - want[i]) <= tol,
+                                  "%s weights %d m=%d k=%d f=%d [%d]: %.8g vs %.8g",
+                                  kernel_isa_name((enum kernel_isa)isa), wt, m, k, f, i,
+                                  (double)got[i], (double)want[i]);
+                }
+                ck_assert_int_eq(memcmp(all, got, (size_t)m * f * sizeof(float)), 0);
+                free(x);
+                free(w);
+                free(bits);
+                free(wp);
+                free(bias);
+                free(bias_packed);
+                free(got);
+                free(all);
                 free(want);
             }
         }
@@ -275,6 +363,7 @@ static Suite *kernels_suite(void) {
     TCase *kernels = tcase_create("kernels");
     tcase_set_timeout(kernels, 120);
     tcase_add_test(kernels, test_matmul_kernels_match_reference_bytes);
+    tcase_add_test(kernels, test_swiglu_matmul_matches_reference);
     tcase_add_test(kernels, test_vector_helpers_match_scalar);
     tcase_add_test(kernels, test_half_conversions_match_reference);
     suite_add_tcase(s, kernels);

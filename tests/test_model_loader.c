@@ -624,7 +624,7 @@ static const struct bad_case bad_cases[] = {
     {"data area shorter than the offsets", "outside the data area", .tensor = -1, .begin = KEEP,
      .data_delta = -4},
     {"config: another model_type", "model_type", .tensor = -1, .begin = KEEP,
-     .config_json = "{\"model_type\": \"llama\", \"n_layer\": 1, \"n_head\": 2, \"n_embd\": 8, "
+     .config_json = "{\"model_type\": \"gpt_neox\", \"n_layer\": 1, \"n_head\": 2, \"n_embd\": 8, "
                     "\"n_positions\": 16, \"vocab_size\": 32}"},
     {"config: scale_attn_by_inverse_layer_idx", "scale_attn_by_inverse_layer_idx", .tensor = -1,
      .begin = KEEP,

@@ -594,6 +594,39 @@ START_TEST(test_min_tokens_bans_eos_and_stop_ids_then_they_finish) {
 }
 END_TEST
 
+/* Several end tokens (Llama 3's <|eot_id|> and <|end_of_text|>): each ends the sequence, and
+ * min_tokens bans all of them; an id outside the vocabulary is ignored. */
+START_TEST(test_every_end_token_ends_and_is_banned_by_min_tokens) {
+    float l[6] = {0.0f, 0.0f, 9.0f, 0.0f, 9.0f, 0.0f}; /* end tokens 2 and 4: very likely */
+    struct sampling_params p = seeded(29);
+    p.min_tokens = 4;
+    p.max_tokens = 10;
+    char err[100];
+    struct sampler *s = sampler_create(&p, 0, 6, 2, NULL, 0, err, sizeof(err));
+    ck_assert_ptr_nonnull(s);
+    sampler_add_eos(s, 4);
+    sampler_add_eos(s, 99);
+    struct sample_result out;
+    for (int i = 0; i < 4; i++) {
+        int32_t t = sampler_sample(s, l, &out);
+        ck_assert(t != 2 && t != 4);
+        ck_assert_int_eq(sampler_accept(s, t), SAMPLER_CONTINUE);
+    }
+    ck_assert_int_eq(sampler_accept(s, 4), SAMPLER_FINISH_EOS);
+    sampler_destroy(s);
+    p.min_tokens = 0;
+    s = sampler_create(&p, 0, 6, 2, NULL, 0, err, sizeof(err));
+    sampler_add_eos(s, 4);
+    ck_assert_int_eq(sampler_accept(s, 2), SAMPLER_FINISH_EOS);
+    sampler_destroy(s);
+    s = sampler_create(&p, 0, 6, 2, NULL, 0, err, sizeof(err));
+    sampler_add_eos(s, 4);
+    ck_assert_int_eq(sampler_accept(s, 5), SAMPLER_CONTINUE);
+    ck_assert_int_eq(sampler_accept(s, 4), SAMPLER_FINISH_EOS);
+    sampler_destroy(s);
+}
+END_TEST
+
 static void sample_sequence(uint64_t seed, int32_t i_choice, int32_t *out_ids, int n) {
     enum { V = 500 };
     static float l[V];
@@ -962,6 +995,7 @@ static Suite *sampling_suite(void) {
     tcase_add_test(tc, test_presence_and_frequency_penalties_count_generated_tokens_only);
     tcase_add_test(tc, test_penalties_apply_after_bias_in_documented_order);
     tcase_add_test(tc, test_min_tokens_bans_eos_and_stop_ids_then_they_finish);
+    tcase_add_test(tc, test_every_end_token_ends_and_is_banned_by_min_tokens);
     tcase_add_test(tc, test_logprobs_are_raw_log_softmax_with_top_alternatives);
     suite_add_tcase(s, tc);
 

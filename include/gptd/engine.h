@@ -108,6 +108,7 @@ struct engine_event {
     enum engine_finish_reason finish_reason;
     char stop_reason[260]; /* the stop string that matched, NUL-terminated ("" if none) */
     int32_t stop_token;    /* the EOS / stop token id that ended it, or -1 */
+    bool is_eos;           /* stop_token is one of the model's end tokens (stop_reason null) */
     int32_t n_prompt_tokens;
     int32_t n_completion_tokens;
     double sum_logprob; /* sum of the choice's raw token logprobs (best_of ranking: mean =

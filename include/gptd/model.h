@@ -1,13 +1,15 @@
 /*
- * model.h: a GPT-2-architecture decoder loaded from a Hugging Face directory, its paged KV cache,
- * and the batched forward pass.
+ * model.h: a decoder-only transformer loaded from a Hugging Face directory, its paged KV cache,
+ * and the batched forward pass. Architectures: GPT-2 (model_type gpt2) and the Llama family
+ * (llama, mistral, qwen2: RMSNorm, rotary positions, SiLU-gated MLP, grouped-query attention).
  *
  * Threads: model_load and kv_cache_create run at start-up on the main thread. After that the
  * engine thread alone calls model_forward and every kv_* function (no locks inside). The loaded
  * weights are read-only and may be read by any thread.
  *
  * Shapes use llm.c's letters: B sequences in a batch, T positions, C = n_embd, NH = n_head,
- * HS = C / NH, L = n_layer, V = vocab size, N = rows (tokens) in a ragged batch.
+ * HS = head_dim, KVH = n_kv_head, L = n_layer, V = vocab size, N = rows (tokens) in a ragged
+ * batch.
  */
 #ifndef GPTD_MODEL_H
 #define GPTD_MODEL_H
@@ -15,23 +17,41 @@
 #include <stddef.h>
 #include <stdint.h>
 
+enum model_arch {
+    MODEL_ARCH_GPT2 = 0,  /* LayerNorm, learned positions, GELU MLP, fused Conv1D qkv */
+    MODEL_ARCH_LLAMA = 1, /* RMSNorm, RoPE (rotate-half), SiLU-gated MLP, GQA: llama, mistral,
+                             qwen2 */
+};
+
 enum model_activation {
     MODEL_ACT_GELU_TANH = 0,  /* "gelu_new", "gelu_pytorch_tanh" */
     MODEL_ACT_GELU_EXACT = 1, /* "gelu" (erf) */
+    MODEL_ACT_SILU = 2,       /* "silu": the Llama family's gate */
 };
 
+/* Ids that end a sequence: config.json's eos_token_id (an int or a list) and
+ * generation_config.json's, merged. */
+#define MODEL_MAX_EOS 8
+
 struct model_config {
+    enum model_arch arch;
+    char model_type[16]; /* config.json's model_type: "gpt2", "llama", "mistral", "qwen2" */
     int32_t n_layer;
     int32_t n_head;
+    int32_t n_kv_head; /* KV heads (GQA; = n_head without it, 1 for MQA) */
+    int32_t head_dim;  /* HS: n_embd / n_head unless config.json gives head_dim */
     int32_t n_embd;
-    int32_t n_inner; /* MLP width; 4 * n_embd when config.json says null */
-    int32_t n_ctx;   /* n_positions: the longest sequence the model can see */
+    int32_t n_inner; /* MLP width; 4 * n_embd when a GPT-2 config.json says null */
+    int32_t n_ctx;   /* the longest sequence served (n_positions / max_position_embeddings) */
     int32_t n_vocab;
-    float layer_norm_eps;
+    float layer_norm_eps; /* of LayerNorm (GPT-2) or RMSNorm (Llama) */
     enum model_activation activation;
     int32_t bos_token_id; /* -1 when absent */
-    int32_t eos_token_id; /* -1 when absent */
+    int32_t eos_token_id; /* -1 when absent; the first of eos_token_ids */
+    int32_t n_eos;
+    int32_t eos_token_ids[MODEL_MAX_EOS];
     int is_scale_attn_weights;
+    float rope_theta; /* Llama: RoPE base */
 };
 
 struct model;

@@ -192,6 +192,11 @@ struct sampler *sampler_create(const struct sampling_params *p, int32_t i_choice
                                int32_t eos_token_id, const int32_t *prompt_ids, int32_t n_prompt,
                                char *err, size_t err_size);
 
+/* Makes token end the sequence too (models with several end tokens: Llama 3's <|eot_id|> and
+ * <|end_of_text|>). At most SAMPLING_MAX_EOS in all; ids outside the vocabulary are ignored. */
+#define SAMPLING_MAX_EOS 8
+void sampler_add_eos(struct sampler *s, int32_t token);
+
 /* NULL is a no-op. */
 void sampler_destroy(struct sampler *s);
 

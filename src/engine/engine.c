@@ -65,7 +65,14 @@ struct engine *engine_create(struct model *model, const struct tokenizer *tok,
     e->mc = model_get_config(model);
     e->cfg = *cfg;
     e->n_vocab = e->mc->n_vocab;
-    e->eos_id = e->mc->eos_token_id >= 0 ? e->mc->eos_token_id : tokenizer_eos_id(tok);
+    /* End tokens: the model's (config.json and generation_config.json), else the tokenizer's. */
+    for (int32_t i = 0; i < e->mc->n_eos && e->n_eos < SAMPLING_MAX_EOS; i++) {
+        e->eos_ids[e->n_eos++] = e->mc->eos_token_ids[i];
+    }
+    if (e->n_eos == 0 && tokenizer_eos_id(tok) >= 0) {
+        e->eos_ids[e->n_eos++] = tokenizer_eos_id(tok);
+    }
+    e->eos_id = e->n_eos > 0 ? e->eos_ids[0] : -1;
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
     atomic_init(&e->is_draining, false);
@@ -135,6 +142,7 @@ static void event_init(struct engine_event *ev, enum engine_event_type type, int
     ev->finish_reason = ENGINE_FINISH_NONE;
     ev->stop_reason[0] = '\0';
     ev->stop_token = -1;
+    ev->is_eos = false;
     ev->n_prompt_tokens = 0;
     ev->n_completion_tokens = 0;
     ev->sum_logprob = 0.0;
@@ -574,6 +582,15 @@ static void emit_prompt_logprobs(struct engine *e, struct engine_request *req, i
     engine_request_unlock_notify(req);
 }
 
+static bool engine_is_eos(const struct engine *e, int32_t token) {
+    for (int32_t i = 0; i < e->n_eos; i++) {
+        if (e->eos_ids[i] == token) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void seq_finish_locked(struct engine *e, struct seq *seq, enum engine_finish_reason why,
                               int32_t stop_token, int32_t i_stop) {
     struct engine_request *req = seq->req;
@@ -581,6 +598,7 @@ static void seq_finish_locked(struct engine *e, struct seq *seq, enum engine_fin
     event_init(&ev, ENGINE_EVENT_FINISH, seq->index);
     ev.finish_reason = why;
     ev.stop_token = stop_token;
+    ev.is_eos = stop_token >= 0 && !req->params.sampling.ignore_eos && engine_is_eos(e, stop_token);
     if (i_stop >= 0) {
         snprintf(ev.stop_reason, sizeof(ev.stop_reason), "%s", req->params.sampling.stop[i_stop]);
     }
@@ -811,6 +829,7 @@ static void beam_finalize(struct engine *e, struct engine_request *req) {
         event_init(&ev, ENGINE_EVENT_FINISH, r);
         ev.finish_reason = is_hyp ? ENGINE_FINISH_STOP : ENGINE_FINISH_LENGTH;
         ev.stop_token = is_hyp ? e->eos_id : -1;
+        ev.is_eos = is_hyp;
         ev.n_prompt_tokens = req->n_prompt;
         ev.n_completion_tokens = len + (is_hyp ? 1 : 0);
         ev.sum_logprob = is_hyp ? req->hyp_sum[c] : seq->beam_score;
@@ -851,11 +870,11 @@ static void beam_step(struct engine *e, struct engine_request *req) {
         }
     }
     int32_t max_tokens = p->sampling.max_tokens;
-    bool eos_ends = !p->sampling.ignore_eos && e->eos_id >= 0;
+    bool eos_ends = !p->sampling.ignore_eos && e->n_eos > 0;
     struct beam_cand chosen[ENGINE_MAX_BEAMS];
     int32_t n_chosen = 0;
     for (int32_t r = 0; r < n_cand && n_chosen < w; r++) {
-        if (eos_ends && cand[r].token == e->eos_id) {
+        if (eos_ends && engine_is_eos(e, cand[r].token)) {
             /* As Hugging Face does: an EOS ranked among the W best ends a hypothesis. */
             if (r < w) {
                 const struct seq *parent = &req->seqs[cand[r].parent];

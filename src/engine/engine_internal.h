@@ -103,7 +103,9 @@ struct engine {
     struct kv_cache *kv;
     struct model_scratch *scratch;
     int32_t n_vocab;
-    int32_t eos_id;
+    int32_t eos_id;                    /* the first end token, or -1 */
+    int32_t eos_ids[SAMPLING_MAX_EOS]; /* every token that ends a sequence */
+    int32_t n_eos;
     int32_t max_running; /* sequences */
 
     pthread_t thread;

@@ -51,6 +51,9 @@ static int seq_setup(struct engine *engine, struct engine_request *req, struct s
     }
     seq->sampler = sampler_create(&sp, index, engine->n_vocab, engine->eos_id, req->prompt,
                                   req->n_prompt, err, err_size);
+    for (int32_t i = 1; seq->sampler != NULL && i < engine->n_eos; i++) {
+        sampler_add_eos(seq->sampler, engine->eos_ids[i]);
+    }
     seq->stop = stop_matcher_create(&sp);
     if (seq->sampler == NULL || seq->stop == NULL) {
         if (seq->stop == NULL) {

@@ -95,6 +95,11 @@ float kernel_gelu_tanh_ref(float x) {
     return x / (1.0f + e);
 }
 
+float kernel_silu_ref(float x) {
+    float e = expf(fminf(fmaxf(-x, -87.0f), 87.0f));
+    return x / (1.0f + e);
+}
+
 static float apply_epilogue_ref(float acc, float b, float *dst, enum kernel_epilogue epilogue) {
     float t = acc + b;
     switch (epilogue) {
@@ -103,6 +108,7 @@ static float apply_epilogue_ref(float acc, float b, float *dst, enum kernel_epil
     case KERNEL_EPILOGUE_GELU_TANH:
         return kernel_gelu_tanh_ref(t);
     case KERNEL_EPILOGUE_STORE:
+    case KERNEL_EPILOGUE_SWIGLU: /* handled by the callers */
         break;
     }
     return t;
@@ -110,6 +116,22 @@ static float apply_epilogue_ref(float acc, float b, float *dst, enum kernel_epil
 
 void kernel_matmul_ref(const float *x, size_t ldx, const float *w, const float *bias, float *out,
                        size_t ldo, int32_t m, int32_t k, int32_t n, enum kernel_epilogue epilogue) {
+    if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
+        for (int32_t i = 0; i < m; i++) {
+            for (int32_t j = 0; j < n; j++) {
+                float g = 0.0f;
+                float u = 0.0f;
+                for (int32_t kk = 0; kk < k; kk++) {
+                    g = fmaf(x[(size_t)i * ldx + kk], w[(size_t)kk * 2 * n + j], g);
+                    u = fmaf(x[(size_t)i * ldx + kk], w[(size_t)kk * 2 * n + n + j], u);
+                }
+                g += bias != NULL ? bias[j] : 0.0f;
+                u += bias != NULL ? bias[n + j] : 0.0f;
+                out[(size_t)i * ldo + j] = kernel_silu_ref(g) * u;
+            }
+        }
+        return;
+    }
     for (int32_t i = 0; i < m; i++) {
         for (int32_t j = 0; j < n; j++) {
             float acc = 0.0f;
@@ -139,6 +161,30 @@ static void matmul_scalar(const float *x, size_t ldx, const void *w_packed, enum
                           const float *bias, float *out, size_t ldo, int32_t m, int32_t k,
                           int32_t n, int32_t p_begin, int32_t p_end,
                           enum kernel_epilogue epilogue) {
+    if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
+        for (int32_t p = p_begin; p < p_end; p++) {
+            size_t wp = (size_t)p * (size_t)k * KERNEL_NR;
+            int32_t c0 = p * KERNEL_SWIGLU_HALF;
+            int32_t n_cols = n - c0 < KERNEL_SWIGLU_HALF ? n - c0 : KERNEL_SWIGLU_HALF;
+            for (int32_t i = 0; i < m; i++) {
+                for (int32_t j = 0; j < n_cols; j++) {
+                    float g = 0.0f;
+                    float u = 0.0f;
+                    for (int32_t kk = 0; kk < k; kk++) {
+                        size_t at = wp + (size_t)kk * KERNEL_NR + (size_t)j;
+                        float xv = x[(size_t)i * ldx + kk];
+                        g = fmaf(xv, kernel_packed_get(wt, w_packed, at), g);
+                        u = fmaf(xv, kernel_packed_get(wt, w_packed, at + KERNEL_SWIGLU_HALF), u);
+                    }
+                    g += bias != NULL ? bias[(size_t)p * KERNEL_NR + (size_t)j] : 0.0f;
+                    u += bias != NULL ? bias[(size_t)p * KERNEL_NR + KERNEL_SWIGLU_HALF + (size_t)j]
+                                      : 0.0f;
+                    out[(size_t)i * ldo + (size_t)(c0 + j)] = kernel_silu_ref(g) * u;
+                }
+            }
+        }
+        return;
+    }
     for (int32_t p = p_begin; p < p_end; p++) {
         size_t wp = (size_t)p * (size_t)k * KERNEL_NR;
         int32_t n_cols = n - p * KERNEL_NR < KERNEL_NR ? n - p * KERNEL_NR : KERNEL_NR;
@@ -178,6 +224,11 @@ INLINE T512 __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, nf);
+}
+
+INLINE T512 __m512 silu512(__m512 x) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
 INLINE T512 __m512 gelu512(__m512 x) {
@@ -225,6 +276,25 @@ INLINE T512 void tile512(const int mr, enum kernel_wtype wt, const float *x, siz
             acc[i][3] = _mm512_fmadd_ps(xv, w3, acc[i][3]);
         }
     }
+    if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
+        /* Registers 0-1: gate columns [0, 32); 2-3: the same up columns. n_cols <= 32. */
+        for (int j = 0; j < 2; j++) {
+            int32_t c0 = j * 16;
+            if (c0 >= n_cols) {
+                break;
+            }
+            __mmask16 mask = n_cols - c0 >= 16 ? (__mmask16)0xffff
+                                               : (__mmask16)((1u << (unsigned)(n_cols - c0)) - 1u);
+            __m512 bg = bias != NULL ? _mm512_loadu_ps(bias + c0) : _mm512_setzero_ps();
+            __m512 bu = bias != NULL ? _mm512_loadu_ps(bias + 32 + c0) : _mm512_setzero_ps();
+            for (int i = 0; i < mr; i++) {
+                __m512 g = silu512(_mm512_add_ps(acc[i][j], bg));
+                __m512 u = _mm512_add_ps(acc[i][j + 2], bu);
+                _mm512_mask_storeu_ps(out + (size_t)i * ldo + c0, mask, _mm512_mul_ps(g, u));
+            }
+        }
+        return;
+    }
     for (int j = 0; j < 4; j++) {
         int32_t c0 = j * 16;
         if (c0 >= n_cols) {
@@ -252,11 +322,14 @@ INLINE T512 void matmul512_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                               int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                               enum kernel_epilogue epilogue) {
     size_t w_size = wt == KERNEL_W_F32 ? sizeof(float) : sizeof(uint16_t);
+    int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
     for (int32_t p = p_begin; p < p_end; p++) {
         const void *wp = (const char *)w_packed + (size_t)p * (size_t)k * KERNEL_NR * w_size;
-        int32_t c0 = p * KERNEL_NR;
-        int32_t n_cols = n - c0 < KERNEL_NR ? n - c0 : KERNEL_NR;
-        const float *b = bias != NULL ? bias + c0 : NULL;
+        /* SWIGLU: a panel makes 32 output columns; its bias is the panel's 64 in packed order. */
+        int32_t width = is_swiglu ? KERNEL_SWIGLU_HALF : KERNEL_NR;
+        int32_t c0 = p * width;
+        int32_t n_cols = n - c0 < width ? n - c0 : width;
+        const float *b = bias != NULL ? bias + (size_t)p * KERNEL_NR : NULL;
         for (int32_t i = 0; i < m; i += MR_512) {
             const float *xi = x + (size_t)i * ldx;
             float *oi = out + (size_t)i * ldo + c0;
@@ -459,6 +532,11 @@ INLINE T256 __m256 exp256(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+INLINE T256 __m256 silu256(__m256 x) {
+    __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
 INLINE T256 __m256 gelu256(__m256 x) {
     __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
     __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
@@ -479,7 +557,9 @@ INLINE T256 __m256 wload256(enum kernel_wtype wt, const void *wp, size_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* One MR x 32 tile (half a panel; wp already offset to the half, rows still 64 apart). */
+/* One MR x 32 tile (half a panel; wp already offset to the half, rows still 64 apart). With
+ * SWIGLU the tile is 16 gate columns (registers 0-1) and the same 16 up columns 32 further on
+ * (registers 2-3), making 16 output columns. */
 INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
                          const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
                          int32_t n_cols, enum kernel_epilogue epilogue) {
@@ -489,12 +569,13 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
             acc[i][j] = _mm256_setzero_ps();
         }
     }
+    const size_t off2 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 16;
     for (int32_t kk = 0; kk < k; kk++) {
         size_t wk = (size_t)kk * KERNEL_NR;
         __m256 w0 = wload256(wt, wp, wk);
         __m256 w1 = wload256(wt, wp, wk + 8);
-        __m256 w2 = wload256(wt, wp, wk + 16);
-        __m256 w3 = wload256(wt, wp, wk + 24);
+        __m256 w2 = wload256(wt, wp, wk + off2);
+        __m256 w3 = wload256(wt, wp, wk + off2 + 8);
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_broadcast_ss(x + (size_t)i * ldx + kk);
             acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);
@@ -502,6 +583,31 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
             acc[i][2] = _mm256_fmadd_ps(xv, w2, acc[i][2]);
             acc[i][3] = _mm256_fmadd_ps(xv, w3, acc[i][3]);
         }
+    }
+    if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
+        for (int j = 0; j < 2; j++) {
+            int32_t c0 = j * 8;
+            if (c0 >= n_cols) {
+                break;
+            }
+            int32_t n_valid = n_cols - c0 >= 8 ? 8 : n_cols - c0;
+            __m256 bg = bias != NULL ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
+            __m256 bu = bias != NULL ? _mm256_loadu_ps(bias + KERNEL_SWIGLU_HALF + c0)
+                                     : _mm256_setzero_ps();
+            for (int i = 0; i < mr; i++) {
+                __m256 v = _mm256_mul_ps(silu256(_mm256_add_ps(acc[i][j], bg)),
+                                         _mm256_add_ps(acc[i][j + 2], bu));
+                float *dst = out + (size_t)i * ldo + c0;
+                if (n_valid == 8) {
+                    _mm256_storeu_ps(dst, v);
+                } else {
+                    float o_buf[8];
+                    _mm256_storeu_ps(o_buf, v);
+                    memcpy(dst, o_buf, (size_t)n_valid * sizeof(float));
+                }
+            }
+        }
+        return;
     }
     for (int j = 0; j < 4; j++) {
         int32_t c0 = j * 8;
@@ -541,16 +647,22 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                               int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                               enum kernel_epilogue epilogue) {
     size_t w_size = wt == KERNEL_W_F32 ? sizeof(float) : sizeof(uint16_t);
+    /* SWIGLU: each half of a panel's pass is 16 gate + 16 up columns -> 16 output columns. */
+    int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
+    int32_t step = is_swiglu ? 16 : 32;
+    int32_t width = is_swiglu ? KERNEL_SWIGLU_HALF : KERNEL_NR;
     for (int32_t p = p_begin; p < p_end; p++) {
         for (int32_t half = 0; half < 2; half++) {
-            int32_t c0 = p * KERNEL_NR + half * 32;
+            int32_t c0 = p * width + half * step;
             if (c0 >= n) {
                 break;
             }
             const void *wp = (const char *)w_packed +
-                             ((size_t)p * (size_t)k * KERNEL_NR + (size_t)half * 32) * w_size;
-            int32_t n_cols = n - c0 < 32 ? n - c0 : 32;
-            const float *b = bias != NULL ? bias + c0 : NULL;
+                             ((size_t)p * (size_t)k * KERNEL_NR + (size_t)half * step) * w_size;
+            int32_t n_cols = n - c0 < step ? n - c0 : step;
+            const float *b = bias == NULL ? NULL
+                             : is_swiglu  ? bias + (size_t)p * KERNEL_NR + (size_t)half * step
+                                          : bias + c0;
             for (int32_t i = 0; i < m; i += MR_256) {
                 const float *xi = x + (size_t)i * ldx;
                 float *oi = out + (size_t)i * ldo + c0;

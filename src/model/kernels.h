@@ -46,6 +46,9 @@ enum kernel_epilogue {
     KERNEL_EPILOGUE_STORE = 0,     /* out = acc + bias */
     KERNEL_EPILOGUE_ADD = 1,       /* out = out + (acc + bias): the residual add */
     KERNEL_EPILOGUE_GELU_TANH = 2, /* out = gelu_tanh(acc + bias) */
+    KERNEL_EPILOGUE_SWIGLU = 3,    /* out[f] = silu(gate_f + b) * (up_f + b): the Llama MLP's
+                                      gate and up projections in one pass over a SWIGLU-packed
+                                      weight (below); n is the output width F */
 };
 
 /* The best ISA this CPU supports; GPTD_KERNEL=scalar|avx2|avx512 in the environment lowers it
@@ -69,10 +72,31 @@ static inline size_t kernel_packed_index(int32_t k_dim, int32_t k, int32_t n) {
 }
 
 /*
+ * SWIGLU packing: gate (K, F) and up (K, F) share panels, so one pass over a panel computes both
+ * halves of 32 output columns: panel p holds gate columns [32p, 32p + 32) in its first 32
+ * columns and the same up columns in its last 32. As a plain packed matrix it is (K,
+ * kernel_swiglu_packed_n(F)); output column f of gate or up sits at kernel_swiglu_column(f, ..).
+ */
+#define KERNEL_SWIGLU_HALF (KERNEL_NR / 2)
+static inline int32_t kernel_swiglu_packed_n(int32_t f) {
+    return (f + KERNEL_SWIGLU_HALF - 1) / KERNEL_SWIGLU_HALF * KERNEL_NR;
+}
+static inline int32_t kernel_swiglu_column(int32_t f, int is_up) {
+    return f / KERNEL_SWIGLU_HALF * KERNEL_NR + (is_up ? KERNEL_SWIGLU_HALF : 0) +
+           f % KERNEL_SWIGLU_HALF;
+}
+/* How many panels a matmul of n output columns walks (the range p_begin..p_end splits). */
+static inline int32_t kernel_matmul_n_panels(int32_t n, enum kernel_epilogue epilogue) {
+    return epilogue == KERNEL_EPILOGUE_SWIGLU ? (n + KERNEL_SWIGLU_HALF - 1) / KERNEL_SWIGLU_HALF
+                                              : kernel_n_panels(n);
+}
+
+/*
  * out (M, N) [epilogue] x (M, K) @ W (K, N) + bias (N,), for output columns of panels
- * [p_begin, p_end) only (callers split panels across threads). w_packed holds elements of type
- * wt and is 64-byte aligned; bias may be NULL (zero). Rows of x and out are ldx / ldo floats
- * apart.
+ * [p_begin, p_end) only (callers split panels across threads; kernel_matmul_n_panels). w_packed
+ * holds elements of type wt and is 64-byte aligned; bias may be NULL (zero). Rows of x and out
+ * are ldx / ldo floats apart. With KERNEL_EPILOGUE_SWIGLU, W and bias are SWIGLU-packed and N
+ * is the output width.
  */
 void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *w_packed,
                    enum kernel_wtype wt, const float *bias, float *out, size_t ldo, int32_t m,
@@ -83,12 +107,16 @@ void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *
 float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, size_t i);
 
 /* The reference: W row-major (K, N), unpacked; same arithmetic as kernel_matmul, written
- * naively. GELU uses kernel_gelu_tanh_ref, so only STORE and ADD are bit-comparable. */
+ * naively. GELU uses kernel_gelu_tanh_ref and SWIGLU kernel_silu_ref, so only STORE and ADD
+ * are bit-comparable. For SWIGLU, W is (K, 2N) and bias (2N,): gate in columns [0, N), up in
+ * [N, 2N). */
 void kernel_matmul_ref(const float *x, size_t ldx, const float *w, const float *bias, float *out,
                        size_t ldo, int32_t m, int32_t k, int32_t n, enum kernel_epilogue epilogue);
 
 /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written as x / (1 + exp(-2u)). */
 float kernel_gelu_tanh_ref(float x);
+/* x * sigmoid(x), written as x / (1 + exp(-x)). */
+float kernel_silu_ref(float x);
 
 /* a (n,) . b (n,), in a fixed order that depends only on n. */
 float kernel_dot(enum kernel_isa isa, const float *a, const float *b, int32_t n);

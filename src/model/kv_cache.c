@@ -38,12 +38,15 @@ struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_b
     const struct model_config *cfg = model_get_config(model);
     enum kernel_wtype etype = dtype == KV_DTYPE_F16 ? KERNEL_W_F16 : KERNEL_W_F32;
     /* Attention widens an f16 row on the stack (kernels.h). */
-    if (etype == KERNEL_W_F16 && cfg->n_embd / cfg->n_head > KERNEL_ATTENTION_MAX_HS) {
+    if (etype == KERNEL_W_F16 && cfg->head_dim > KERNEL_ATTENTION_MAX_HS) {
         snprintf(err, err_size, "an f16 KV cache supports head sizes up to %d (this model: %d)",
-                 KERNEL_ATTENTION_MAX_HS, cfg->n_embd / cfg->n_head);
+                 KERNEL_ATTENTION_MAX_HS, cfg->head_dim);
         return NULL;
     }
-    size_t block_elems = (size_t)cfg->n_layer * 2 * KV_BLOCK_SIZE * (size_t)cfg->n_embd;
+    /* Sized by KV heads x head size: grouped-query attention stores n_head / n_kv_head times
+     * fewer bytes per position than the query heads would need. */
+    int32_t kv_dim = cfg->n_kv_head * cfg->head_dim;
+    size_t block_elems = (size_t)cfg->n_layer * 2 * KV_BLOCK_SIZE * (size_t)kv_dim;
     size_t block_bytes = block_elems * kernel_wtype_size(etype);
     size_t n_blocks = budget_bytes / block_bytes;
     if (n_blocks == 0) {
@@ -60,7 +63,7 @@ struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_b
     }
     kv->n_blocks = (int32_t)n_blocks;
     kv->n_layer = cfg->n_layer;
-    kv->n_embd = cfg->n_embd;
+    kv->kv_dim = kv_dim;
     kv->n_ctx = cfg->n_ctx;
     kv->block_elems = block_elems;
     kv->etype = etype;

@@ -13,27 +13,28 @@
 #include "kernels.h"
 
 struct kv_cache {
-    void *data;              /* (n_blocks, L, 2, KV_BLOCK_SIZE, C) elements: K then V per layer */
+    void *data; /* (n_blocks, L, 2, KV_BLOCK_SIZE, KVD) elements: K then V per layer, KVD =
+                   n_kv_head * head_dim */
     enum kernel_wtype etype; /* KERNEL_W_F32 or KERNEL_W_F16 */
     int32_t *refcount;       /* (n_blocks,) sequences holding the block; 0 = free */
     int32_t *free_ids;       /* (n_blocks,) stack of free block ids */
     int32_t n_free;
     int32_t n_blocks;
     int32_t n_layer;
-    int32_t n_embd;
+    int32_t kv_dim; /* KVD: a position's K (or V) row, KV heads side by side */
     int32_t n_ctx;
-    size_t block_elems; /* L * 2 * KV_BLOCK_SIZE * C */
+    size_t block_elems; /* L * 2 * KV_BLOCK_SIZE * KVD */
 };
 
 /* Where K (is_v = 0) or V (is_v = 1) of layer l for position pos of seq starts, in elements
- * from kv->data: (C,) elements, heads side by side (head h at [h*HS, (h+1)*HS)). pos must lie in
- * a block the table holds. */
+ * from kv->data: (KVD,) elements, KV heads side by side (head h at [h*HS, (h+1)*HS)). pos must
+ * lie in a block the table holds. */
 static inline size_t kv_cache_row_index(const struct kv_cache *kv, const struct kv_seq *seq,
                                         int32_t l, int is_v, int32_t pos) {
     int32_t block = seq->blocks[pos / KV_BLOCK_SIZE];
     return (size_t)block * kv->block_elems +
            (((size_t)l * 2 + (size_t)is_v) * KV_BLOCK_SIZE + (size_t)(pos % KV_BLOCK_SIZE)) *
-               (size_t)kv->n_embd;
+               (size_t)kv->kv_dim;
 }
 
 /* The same row as floats: float32 caches only (tests poke at it). */

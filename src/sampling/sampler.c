@@ -49,7 +49,8 @@ struct cand {
 struct sampler {
     struct sampling_params params; /* owned copy */
     int32_t n_vocab;
-    int32_t eos_token_id; /* -1: none */
+    int32_t eos_ids[SAMPLING_MAX_EOS]; /* tokens that end the sequence (unless ignore_eos) */
+    int32_t n_eos;
     uint64_t seed;
     struct rng rng;
     int32_t n_generated;
@@ -95,7 +96,7 @@ struct sampler *sampler_create(const struct sampling_params *p, int32_t i_choice
     }
     s->params = *p;
     s->n_vocab = n_vocab;
-    s->eos_token_id = eos_token_id >= 0 && eos_token_id < n_vocab ? eos_token_id : -1;
+    sampler_add_eos(s, eos_token_id);
     s->seed = p->has_seed ? p->seed + (uint64_t)i_choice : sampling_seed_random();
     rng_seed(&s->rng, s->seed);
     s->has_filters = (p->top_k > 0 && p->top_k < n_vocab) || p->top_p < 1.0f || p->min_p > 0.0f ||
@@ -167,6 +168,27 @@ uint64_t sampler_seed(const struct sampler *s) {
     return s->seed;
 }
 
+void sampler_add_eos(struct sampler *s, int32_t token) {
+    if (token < 0 || token >= s->n_vocab || s->n_eos == SAMPLING_MAX_EOS) {
+        return;
+    }
+    for (int32_t i = 0; i < s->n_eos; i++) {
+        if (s->eos_ids[i] == token) {
+            return;
+        }
+    }
+    s->eos_ids[s->n_eos++] = token;
+}
+
+static bool is_eos(const struct sampler *s, int32_t token) {
+    for (int32_t i = 0; i < s->n_eos; i++) {
+        if (s->eos_ids[i] == token) {
+            return true;
+        }
+    }
+    return false;
+}
+
 enum sampler_finish sampler_accept(struct sampler *s, int32_t token) {
     bool may_stop = s->n_generated >= s->params.min_tokens;
     s->n_generated++;
@@ -178,7 +200,7 @@ enum sampler_finish sampler_accept(struct sampler *s, int32_t token) {
         }
     }
     if (may_stop) {
-        if (token == s->eos_token_id && !s->params.ignore_eos) {
+        if (is_eos(s, token) && !s->params.ignore_eos) {
             return SAMPLER_FINISH_EOS;
         }
         for (int32_t i = 0; i < s->params.n_stop_token_ids; i++) {
@@ -203,8 +225,8 @@ static void apply_bias_and_penalties(struct sampler *s) {
         w[b->token_id] = b->bias == SAMPLING_BIAS_BAN ? -INFINITY : w[b->token_id] + b->bias;
     }
     if (s->n_generated < p->min_tokens) {
-        if (s->eos_token_id >= 0 && !p->ignore_eos) {
-            w[s->eos_token_id] = -INFINITY;
+        for (int32_t i = 0; i < s->n_eos && !p->ignore_eos; i++) {
+            w[s->eos_ids[i]] = -INFINITY;
         }
         for (int32_t i = 0; i < p->n_stop_token_ids; i++) {
             w[p->stop_token_ids[i]] = -INFINITY;

@@ -137,6 +137,7 @@ struct seq_state {
     enum engine_finish_reason finish;
     char stop_reason[262];
     int32_t stop_token;
+    bool stop_is_eos; /* ended by one of the model's end tokens: stop_reason null */
     int32_t n_completion_tokens;
     int32_t n_token_events;
     double sum_logprob;
@@ -349,7 +350,7 @@ static void stop_reason_json(const struct completion_builder *b, const struct se
                              struct sbuf *out) {
     if (s->stop_reason[0] != '\0') {
         sbuf_json_cstr(out, s->stop_reason);
-    } else if (s->finish == ENGINE_FINISH_STOP && s->stop_token >= 0 &&
+    } else if (s->finish == ENGINE_FINISH_STOP && s->stop_token >= 0 && !s->stop_is_eos &&
                s->stop_token != b->cfg.eos_id) {
         sbuf_printf(out, "%d", s->stop_token);
     } else {
@@ -489,6 +490,7 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
         b->n_finished++;
         s->finish = ev->finish_reason;
         s->stop_token = ev->stop_token;
+        s->stop_is_eos = ev->is_eos;
         size_t sl = strnlen(ev->stop_reason, sizeof(ev->stop_reason));
         if (sl >= sizeof(s->stop_reason)) {
             sl = sizeof(s->stop_reason) - 1;
