@@ -224,16 +224,22 @@ static double measure_kernel(struct pool *pool, enum kernel_wtype wt, int m, int
 
 /* ---- the model ---- */
 
-/* Bytes of a KV pool of n_blocks blocks. */
+/* Bytes of a KV pool of n_blocks blocks (KV heads x head size per position and layer). */
 static size_t kv_bytes_for(const struct model *model, size_t n_blocks) {
     const struct model_config *c = model_get_config(model);
-    return n_blocks * (size_t)c->n_layer * 2 * KV_BLOCK_SIZE * (size_t)c->n_embd * sizeof(float);
+    return n_blocks * (size_t)c->n_layer * 2 * KV_BLOCK_SIZE * (size_t)c->n_kv_head *
+           (size_t)c->head_dim * sizeof(float);
 }
 
+/* Weight-matmul FLOPs of one row through the blocks: q/k/v, o, and the MLP (GPT-2: up and
+ * down; Llama: gate, up and down). */
 static double matmul_flops_per_row(const struct model_config *c) {
     double C = c->n_embd;
     double F = c->n_inner;
-    return 2.0 * c->n_layer * (C * 3 * C + C * C + 2 * C * F);
+    double q = (double)c->n_head * c->head_dim;
+    double kv = (double)c->n_kv_head * c->head_dim;
+    double mlp = c->arch == MODEL_ARCH_LLAMA ? 3 * C * F : 2 * C * F;
+    return 2.0 * c->n_layer * (C * (q + 2 * kv) + q * C + mlp);
 }
 
 /* Decode tok/s at batch size b: one 128-token prompt, forked b times (the blocks are shared,
@@ -399,9 +405,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_model: %s\n", err);
         return 1;
     }
-    /* Bytes one decode step must stream: every weight but the position table (one row). */
-    double step_bytes =
-        (double)model_weight_bytes(model) - (double)c->n_ctx * c->n_embd * sizeof(float);
+    /* Bytes one decode step must stream: every weight but the tables it reads one row of
+     * (GPT-2's positions; an untied embedding table). */
+    double step_bytes = (double)model_weight_bytes(model);
+    if (c->arch == MODEL_ARCH_GPT2) {
+        step_bytes -= (double)c->n_ctx * c->n_embd * sizeof(float);
+    }
+    if (!c->is_tied) {
+        step_bytes -= (double)c->n_vocab * c->n_embd * sizeof(float);
+    }
     double lm_flops = 2.0 * c->n_embd * (double)c->n_vocab;
     double sgemm_best = 0.0;
     for (int i = 0; i < 6; i++) {

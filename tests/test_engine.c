@@ -646,6 +646,24 @@ START_TEST(test_engine_repetition_penalty_matches_transformers) {
 }
 END_TEST
 
+/* A tokenizer with more ids than the model has embeddings is refused when the engine starts
+ * (here the GPT-2 tokenizer on a 256-token Qwen2-shaped model). */
+START_TEST(test_engine_refuses_a_tokenizer_larger_than_the_model) {
+    char dir[1024];
+    char err[512] = "";
+    testdata_path(dir, sizeof(dir), "llama-tiny/qwen2-mqa");
+    struct model *small = model_load(dir, err, sizeof(err));
+    ck_assert_msg(small != NULL, "%s", err);
+    struct engine_config cfg;
+    engine_config_init_default(&cfg);
+    cfg.kv_cache_bytes = (size_t)1 << 20;
+    struct engine *e = engine_create(small, tok, &cfg, err, sizeof(err));
+    ck_assert_ptr_null(e);
+    ck_assert_msg(strstr(err, "50257 token ids but the model only 256") != NULL, "%s", err);
+    model_destroy(small);
+}
+END_TEST
+
 /* What the events of one request said about each position's logprobs. */
 struct lp_record {
     int32_t n;
@@ -744,6 +762,7 @@ static Suite *engine_suite(void) {
     tcase_add_test(tc, test_engine_beam_width_1_is_greedy_and_beam_4_beats_it);
     tcase_add_test(tc, test_engine_repetition_penalty_matches_transformers);
     tcase_add_loop_test(tc, test_engine_prompt_logprobs_equal_completion_logprobs, 0, 2);
+    tcase_add_test(tc, test_engine_refuses_a_tokenizer_larger_than_the_model);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -658,6 +658,55 @@ static const struct bad_case bad_cases[] = {
      .config_json = "{\"model_type\": \"gpt2\", \"n_layer\": 1, \"n_head\": 2, \"n_embd\": 8, "
                     "\"n_positions\": 16, \"vocab_size\": 32, \"eos_token_id\": 32}"},
     {"no config.json", "config.json", .tensor = -1, .begin = KEEP, .no_config = 1},
+    {"llama config: rope_scaling yarn", "yarn", .tensor = -1, .begin = KEEP,
+     .config_json = "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}}"},
+    {"llama config: hidden_act gelu", "hidden_act", .tensor = -1, .begin = KEEP,
+     .config_json = "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"hidden_act\": \"gelu\"}"},
+    {"llama config: heads not a multiple of KV heads", "num_key_value_heads", .tensor = -1,
+     .begin = KEEP,
+     .config_json = "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"num_key_value_heads\": 3}"},
+    {"llama config: odd head_dim", "head_dim", .tensor = -1, .begin = KEEP,
+     .config_json = "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"head_dim\": 5}"},
+    {"llama config: llama3 scaling without low_freq_factor", "low_freq_factor", .tensor = -1,
+     .begin = KEEP,
+     .config_json = "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+                    "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8}}"},
+    {"llama config: linear scaling without factor", "factor", .tensor = -1, .begin = KEEP,
+     .config_json = "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"rope_scaling\": {\"type\": \"linear\"}}"},
+    {"llama config: an end token outside the vocabulary", "eos_token_id", .tensor = -1,
+     .begin = KEEP,
+     .config_json = "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"eos_token_id\": [2, 40]}"},
+    {"llama config: GPT-2 tensors", "not part of a Llama model", .tensor = -1, .begin = KEEP,
+     .config_json =
+         "{\"model_type\": \"llama\", \"num_hidden_layers\": 1, \"num_attention_heads\": 2, "
+         "\"hidden_size\": 8, "
+         "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": 16}"},
+    {"qwen2 config: use_sliding_window", "use_sliding_window", .tensor = -1, .begin = KEEP,
+     .config_json = "{\"model_type\": \"qwen2\", \"num_hidden_layers\": 1, "
+                    "\"num_attention_heads\": 2, \"hidden_size\": 8, "
+                    "\"intermediate_size\": 16, \"vocab_size\": 32, \"max_position_embeddings\": "
+                    "16, \"use_sliding_window\": true}"},
 };
 
 static void write_small_model(const char *dir, const struct bad_case *c) {

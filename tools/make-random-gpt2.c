@@ -1,12 +1,17 @@
 /*
- * make-random-gpt2.c: writes a GPT-2-shaped model with random weights in the Hugging Face
- * layout (config.json + model.safetensors, float32, tied lm_head, "transformer." names) into a
- * directory, for benchmarks. The default shape is GPT-2 small (124M: 12 layers, 768 wide, 12
- * heads, context 1024, vocab 50257), about 500 MB: write it under build/ or /tmp, never into
- * the repository. A fixed seed gives the same bytes on every run.
+ * make-random-gpt2.c: writes a GPT-2-shaped (or, with --arch llama, Llama-shaped) model with
+ * random weights in the Hugging Face layout (config.json + model.safetensors, float32, tied
+ * head) into a directory, for benchmarks. The default shape is GPT-2 small (124M: 12 layers, 768
+ * wide, 12 heads, context 1024, vocab 50257), about 500 MB: write it under build/ or /tmp, never
+ * into the repository. A fixed seed gives the same bytes on every run.
  *
  * Usage: make-random-gpt2 OUT_DIR [--layers L] [--embd C] [--heads NH] [--ctx T] [--vocab V]
  *                        [--seed S] [--byte-tokenizer]
+ *                        [--arch gpt2|llama] [--kv-heads KVH] [--ffn F] [--smollm2-135m]
+ * --arch llama writes a Llama (model_type llama: RMSNorm, RoPE, SiLU-gated MLP of width F,
+ * grouped-query attention with KVH KV heads, tied embeddings; model.layers.N.* names);
+ * --smollm2-135m is that with SmolLM2-135M's shape (30 layers, 576 wide, 9 heads, 3 KV heads,
+ * FFN 1536, vocab 49152, context 2048).
  * --byte-tokenizer also writes a tokenizer.json of its own: GPT-2's byte-level BPE with the 256
  * byte tokens (id = byte value), no merges, and <|endoftext|> as id 256 (the vocabulary becomes
  * 257). That makes a self-contained model directory, which is what the server serves by default
@@ -23,6 +28,8 @@
 
 struct shape {
     int32_t n_layer, n_embd, n_head, n_ctx, n_vocab;
+    int is_llama;
+    int32_t n_kv_head, n_ffn; /* Llama only */
 };
 
 struct tensor {
@@ -52,6 +59,43 @@ static int build_tensors(const struct shape *s, struct tensor *t) {
     int n = 0;
     int64_t C = s->n_embd;
     float proj_std = 0.02f / sqrtf(2.0f * (float)s->n_layer);
+    if (s->is_llama) {
+        int64_t kv_dim = C / s->n_head * s->n_kv_head;
+        int64_t F = s->n_ffn;
+#define ADDL(NAME, D0, D1, MEAN, STD)                                                              \
+    do {                                                                                           \
+        snprintf(t[n].name, sizeof(t[n].name), "%s", NAME);                                        \
+        t[n].d0 = (D0);                                                                            \
+        t[n].d1 = (D1);                                                                            \
+        t[n].mean = (MEAN);                                                                        \
+        t[n].std = (STD);                                                                          \
+        n++;                                                                                       \
+    } while (0)
+        ADDL("model.embed_tokens.weight", s->n_vocab, C, 0.0f, 0.02f);
+        for (int32_t l = 0; l < s->n_layer; l++) {
+            const struct {
+                const char *suffix;
+                int64_t d0, d1;
+                float mean, std;
+            } per[] = {{"input_layernorm.weight", C, 0, 1.0f, 0.02f},
+                       {"self_attn.q_proj.weight", C, C, 0.0f, 0.02f},
+                       {"self_attn.k_proj.weight", kv_dim, C, 0.0f, 0.02f},
+                       {"self_attn.v_proj.weight", kv_dim, C, 0.0f, 0.02f},
+                       {"self_attn.o_proj.weight", C, C, 0.0f, proj_std},
+                       {"post_attention_layernorm.weight", C, 0, 1.0f, 0.02f},
+                       {"mlp.gate_proj.weight", F, C, 0.0f, 0.02f},
+                       {"mlp.up_proj.weight", F, C, 0.0f, 0.02f},
+                       {"mlp.down_proj.weight", C, F, 0.0f, proj_std}};
+            for (size_t i = 0; i < sizeof(per) / sizeof(per[0]); i++) {
+                char name[96];
+                snprintf(name, sizeof(name), "model.layers.%d.%s", l, per[i].suffix);
+                ADDL(name, per[i].d0, per[i].d1, per[i].mean, per[i].std);
+            }
+        }
+        ADDL("model.norm.weight", C, 0, 1.0f, 0.02f);
+#undef ADDL
+        return n;
+    }
 #define ADD(NAME, D0, D1, MEAN, STD)                                                               \
     do {                                                                                           \
         snprintf(t[n].name, sizeof(t[n].name), "%s", NAME);                                        \
@@ -128,13 +172,32 @@ static int parse_flag(int argc, char **argv, int *i, const char *flag, int32_t *
 }
 
 int main(int argc, char **argv) {
-    struct shape s = {12, 768, 12, 1024, 50257};
+    struct shape s = {12, 768, 12, 1024, 50257, 0, 0, 0};
     int32_t seed = 1234;
     const char *dir = NULL;
     int has_byte_tokenizer = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--byte-tokenizer") == 0) {
             has_byte_tokenizer = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--smollm2-135m") == 0) {
+            s = (struct shape){30, 576, 9, 2048, 49152, 1, 3, 1536};
+            continue;
+        }
+        if (strcmp(argv[i], "--arch") == 0 && i + 1 < argc) {
+            i++;
+            if (strcmp(argv[i], "llama") == 0) {
+                s.is_llama = 1;
+            } else if (strcmp(argv[i], "gpt2") != 0) {
+                fprintf(stderr, "make-random-gpt2: --arch wants gpt2 or llama, not '%s'\n",
+                        argv[i]);
+                return 2;
+            }
+            continue;
+        }
+        if (parse_flag(argc, argv, &i, "--kv-heads", &s.n_kv_head) ||
+            parse_flag(argc, argv, &i, "--ffn", &s.n_ffn)) {
             continue;
         }
         if (parse_flag(argc, argv, &i, "--layers", &s.n_layer) ||
@@ -147,13 +210,21 @@ int main(int argc, char **argv) {
         }
         if (argv[i][0] == '-' || dir != NULL) {
             fprintf(stderr, "usage: make-random-gpt2 OUT_DIR [--layers L] [--embd C] [--heads NH] "
-                            "[--ctx T] [--vocab V] [--seed S] [--byte-tokenizer]\n");
+                            "[--ctx T] [--vocab V] [--seed S] [--byte-tokenizer] [--arch "
+                            "gpt2|llama] [--kv-heads KVH] [--ffn F] [--smollm2-135m]\n");
             return 2;
         }
         dir = argv[i];
     }
+    if (s.is_llama && s.n_kv_head == 0) {
+        s.n_kv_head = s.n_head;
+    }
+    if (s.is_llama && s.n_ffn == 0) {
+        s.n_ffn = 4 * s.n_embd;
+    }
     if (dir == NULL || s.n_layer < 1 || s.n_embd < 1 || s.n_head < 1 || s.n_embd % s.n_head != 0 ||
-        s.n_ctx < 1 || s.n_vocab < 1) {
+        s.n_ctx < 1 || s.n_vocab < 1 ||
+        (s.is_llama && (s.n_kv_head < 1 || s.n_head % s.n_kv_head != 0 || s.n_ffn < 1))) {
         fprintf(stderr, "make-random-gpt2: need OUT_DIR and a valid shape\n");
         return 2;
     }
@@ -176,14 +247,28 @@ int main(int argc, char **argv) {
         fprintf(stderr, "make-random-gpt2: %s: %s\n", path, strerror(errno));
         return 1;
     }
-    fprintf(
-        f,
-        "{\n  \"model_type\": \"gpt2\",\n  \"architectures\": [\"GPT2LMHeadModel\"],\n"
-        "  \"n_layer\": %d,\n  \"n_head\": %d,\n  \"n_embd\": %d,\n  \"n_positions\": %d,\n"
-        "  \"vocab_size\": %d,\n  \"n_inner\": null,\n  \"activation_function\": \"gelu_new\",\n"
-        "  \"layer_norm_epsilon\": 1e-05,\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n"
-        "  \"scale_attn_weights\": true,\n  \"tie_word_embeddings\": true\n}\n",
-        s.n_layer, s.n_head, s.n_embd, s.n_ctx, s.n_vocab, s.n_vocab - 1, s.n_vocab - 1);
+    if (s.is_llama) {
+        fprintf(f,
+                "{\n  \"model_type\": \"llama\",\n  \"architectures\": [\"LlamaForCausalLM\"],\n"
+                "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
+                "  \"num_key_value_heads\": %d,\n  \"hidden_size\": %d,\n"
+                "  \"intermediate_size\": %d,\n  \"max_position_embeddings\": %d,\n"
+                "  \"vocab_size\": %d,\n  \"hidden_act\": \"silu\",\n  \"rms_norm_eps\": 1e-05,\n"
+                "  \"rope_theta\": 100000.0,\n  \"bos_token_id\": 0,\n  \"eos_token_id\": %d,\n"
+                "  \"tie_word_embeddings\": true\n}\n",
+                s.n_layer, s.n_head, s.n_kv_head, s.n_embd, s.n_ffn, s.n_ctx, s.n_vocab,
+                s.n_vocab - 1);
+    } else {
+        fprintf(
+            f,
+            "{\n  \"model_type\": \"gpt2\",\n  \"architectures\": [\"GPT2LMHeadModel\"],\n"
+            "  \"n_layer\": %d,\n  \"n_head\": %d,\n  \"n_embd\": %d,\n  \"n_positions\": %d,\n"
+            "  \"vocab_size\": %d,\n  \"n_inner\": null,\n  \"activation_function\": "
+            "\"gelu_new\",\n"
+            "  \"layer_norm_epsilon\": 1e-05,\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n"
+            "  \"scale_attn_weights\": true,\n  \"tie_word_embeddings\": true\n}\n",
+            s.n_layer, s.n_head, s.n_embd, s.n_ctx, s.n_vocab, s.n_vocab - 1, s.n_vocab - 1);
+    }
     fclose(f);
 
     int max_tensors = 4 + 12 * s.n_layer;
@@ -247,8 +332,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "make-random-gpt2: %s: write failed\n", path);
         return 1;
     }
-    printf("wrote %s: %d layers, %d wide, %d heads, context %d, vocab %d, %.1f MB\n", dir,
-           s.n_layer, s.n_embd, s.n_head, s.n_ctx, s.n_vocab, (double)(8 + used + offset) / 1e6);
+    printf("wrote %s: %s, %d layers, %d wide, %d heads (%d KV), context %d, vocab %d, %.1f MB\n",
+           dir, s.is_llama ? "llama" : "gpt2", s.n_layer, s.n_embd, s.n_head,
+           s.is_llama ? s.n_kv_head : s.n_head, s.n_ctx, s.n_vocab,
+           (double)(8 + used + offset) / 1e6);
     free(t);
     free(header);
     return 0;

@@ -51,6 +51,7 @@ struct model_config {
     int32_t n_eos;
     int32_t eos_token_ids[MODEL_MAX_EOS];
     int is_scale_attn_weights;
+    int is_tied;      /* the output head is the token embedding (tie_word_embeddings) */
     float rope_theta; /* Llama: RoPE base */
 };
 

@@ -81,6 +81,15 @@ struct engine *engine_create(struct model *model, const struct tokenizer *tok,
         snprintf(err, err_size, "max_batch_tokens and max_queue must be >= 1");
         goto fail;
     }
+    /* A tokenizer with ids the model has no embedding for is the wrong tokenizer (fewer is
+     * normal: vocabularies are padded). */
+    if (tok != NULL && tokenizer_n_vocab(tok) > e->n_vocab) {
+        snprintf(err, err_size,
+                 "the tokenizer has %d token ids but the model only %d: they do not belong "
+                 "together",
+                 (int)tokenizer_n_vocab(tok), (int)e->n_vocab);
+        goto fail;
+    }
     if (tokenizer_max_token_bytes(tok) + 2 * SAMPLING_MAX_STOP_BYTES + 64 > ENGINE_EVENT_TEXT_MAX) {
         /* Events carry a token's text plus a released stop-string holdback; longer pieces are
          * split over several events, which is correct but noisy, so say so once. */

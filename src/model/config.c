@@ -390,6 +390,7 @@ int config_parse(const char *json_text, size_t json_bytes, const char *path,
     }
     rc = -1;
     snprintf(c->model_type, sizeof(c->model_type), "%s", t);
+    c->is_tied = out->is_tied;
     if (out->n_ctx_file == 0) {
         out->n_ctx_file = c->n_ctx;
     }
