@@ -13,8 +13,8 @@
  * --smollm2-135m is that with SmolLM2-135M's shape (30 layers, 576 wide, 9 heads, 3 KV heads,
  * FFN 1536, vocab 49152, context 2048).
  * --byte-tokenizer also writes a tokenizer.json of its own: GPT-2's byte-level BPE with the 256
- * byte tokens (id = byte value), no merges, and <|endoftext|> as id 256 (the vocabulary becomes
- * 257). That makes a self-contained model directory, which is what the server serves by default
+ * byte tokens (id = byte value), no merges, and <|endoftext|> as id 256 (a GPT-2's vocabulary
+ * becomes 257; a Llama keeps its own, of which the tokenizer uses the first 257 ids). That makes a self-contained model directory, which is what the server serves by default
  * until a trained model is bundled.
  * Stand-alone tool (single thread); it does not link libgptd.
  */
@@ -233,7 +233,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (has_byte_tokenizer) {
-        s.n_vocab = 257;
+        /* GPT-2: the vocabulary becomes the tokenizer's. A Llama keeps its own (larger) one:
+         * the byte tokenizer then covers its first 257 ids, enough to serve it over HTTP. */
+        if (!s.is_llama) {
+            s.n_vocab = 257;
+        }
         if (write_byte_tokenizer(dir) != 0) {
             return 1;
         }
