@@ -287,8 +287,9 @@ START_TEST(test_vector_helpers_match_scalar) {
             ck_assert_float_le(max_abs_diff(y1, y2, (size_t)n), 2e-6f);
         }
     }
-    /* Attention over a paged layout (3 blocks of 16 rows, scattered), every ISA vs scalar. */
-    enum { HS = 64, ROW = 80, BLOCK = 16 * ROW, N_POS = 40 };
+    /* Attention over a paged layout (3 blocks of 16 rows, scattered), every ISA vs scalar, head
+     * sizes 64 and 128 (AVX-512's own paths) and 40 (the generic one). */
+    enum { HS = 128, ROW = 144, BLOCK = 16 * ROW, N_POS = 40 };
     float *cache_k = malloc(5 * BLOCK * sizeof(float));
     float *cache_v = malloc(5 * BLOCK * sizeof(float));
     for (int i = 0; i < 5 * BLOCK; i++) {
@@ -300,19 +301,23 @@ START_TEST(test_vector_helpers_match_scalar) {
     for (int i = 0; i < HS; i++) {
         q[i] = 0.05f * (float)(i % 13) - 0.3f;
     }
-    for (int32_t n = 1; n <= N_POS; n += 13) {
-        kernel_attention(KERNEL_ISA_SCALAR, q, cache_k + 3, cache_v + 3, KERNEL_W_F32, blocks,
-                         BLOCK, ROW, n, HS, 0.125f, scores, want);
-        float sum = 0.0f;
-        for (int i = 0; i < HS; i++) {
-            sum += want[i];
-        }
-        ck_assert(isfinite(sum));
-        for (int isa = KERNEL_ISA_AVX2; isa <= KERNEL_ISA_AVX512; isa++) {
-            if (kernel_isa_supported((enum kernel_isa)isa)) {
-                kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, KERNEL_W_F32,
-                                 blocks, BLOCK, ROW, n, HS, 0.125f, scores, got);
-                ck_assert_float_le(max_abs_diff(got, want, HS), 1e-5f);
+    static const int32_t head_sizes[] = {40, 64, 128};
+    for (size_t h = 0; h < 3; h++) {
+        int32_t hs = head_sizes[h];
+        for (int32_t n = 1; n <= N_POS; n += 13) {
+            kernel_attention(KERNEL_ISA_SCALAR, q, cache_k + 3, cache_v + 3, KERNEL_W_F32, blocks,
+                             BLOCK, ROW, n, hs, 0.125f, scores, want);
+            float sum = 0.0f;
+            for (int i = 0; i < hs; i++) {
+                sum += want[i];
+            }
+            ck_assert(isfinite(sum));
+            for (int isa = KERNEL_ISA_AVX2; isa <= KERNEL_ISA_AVX512; isa++) {
+                if (kernel_isa_supported((enum kernel_isa)isa)) {
+                    kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3,
+                                     KERNEL_W_F32, blocks, BLOCK, ROW, n, hs, 0.125f, scores, got);
+                    ck_assert_float_le(max_abs_diff(got, want, (size_t)hs), 1e-5f);
+                }
             }
         }
     }
@@ -321,7 +326,7 @@ START_TEST(test_vector_helpers_match_scalar) {
                      HS, 0.125f, scores, got);
     ck_assert_float_le(max_abs_diff(got, cache_v + 4 * BLOCK, HS), 1e-6f);
     /* A half cache gives, on every ISA, the bytes of a float32 cache holding the same (rounded)
-     * values: head size 64 (AVX-512's own path) and 40 (the generic one). */
+     * values: head sizes 64 and 128 (AVX-512's own paths) and 40 (the generic one). */
     uint16_t *half_k = malloc(5 * BLOCK * sizeof(uint16_t));
     uint16_t *half_v = malloc(5 * BLOCK * sizeof(uint16_t));
     for (int i = 0; i < 5 * BLOCK; i++) {
@@ -334,7 +339,8 @@ START_TEST(test_vector_helpers_match_scalar) {
         if (!kernel_isa_supported((enum kernel_isa)isa)) {
             continue;
         }
-        for (int hs = 40; hs <= 64; hs += 24) {
+        for (size_t h = 0; h < 3; h++) {
+            int32_t hs = head_sizes[h];
             for (int32_t n = 1; n <= N_POS; n += 13) {
                 kernel_attention((enum kernel_isa)isa, q, cache_k + 3, cache_v + 3, KERNEL_W_F32,
                                  blocks, BLOCK, ROW, n, hs, 0.125f, scores, want);

@@ -442,50 +442,61 @@ INLINE T512 __m512 kvload512(enum kernel_wtype wt, const void *base, size_t i) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)));
 }
 
-/* Attention for head size 64: q and the output accumulators live in 4 registers each. */
-INLINE T512 void attention512_hs64_wt(enum kernel_wtype wt, const float *q, const void *k_base,
-                                      const void *v_base, const int32_t *blocks,
-                                      size_t block_stride, size_t row_stride, int32_t n,
-                                      float scale, float *scores, float *out) {
-    __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16);
-    __m512 q2 = _mm512_loadu_ps(q + 32), q3 = _mm512_loadu_ps(q + 48);
+/* Attention for head size 16 * NC (NC = 4: 64, NC = 8: 128): q and the output accumulators live
+ * in NC registers each. NC and wt are constants after inlining. */
+INLINE T512 void attention512_wt(const int nc, enum kernel_wtype wt, const float *q,
+                                 const void *k_base, const void *v_base, const int32_t *blocks,
+                                 size_t block_stride, size_t row_stride, int32_t n, float scale,
+                                 float *scores, float *out) {
+    __m512 qv[8];
+    for (int c = 0; c < nc; c++) {
+        qv[c] = _mm512_loadu_ps(q + 16 * c);
+    }
     float max = -INFINITY;
     for (int32_t t = 0; t < n; t++) {
         size_t k = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
-        __m512 acc = _mm512_mul_ps(q0, kvload512(wt, k_base, k));
-        acc = _mm512_fmadd_ps(q1, kvload512(wt, k_base, k + 16), acc);
-        acc = _mm512_fmadd_ps(q2, kvload512(wt, k_base, k + 32), acc);
-        acc = _mm512_fmadd_ps(q3, kvload512(wt, k_base, k + 48), acc);
+        __m512 acc = _mm512_mul_ps(qv[0], kvload512(wt, k_base, k));
+        for (int c = 1; c < nc; c++) {
+            acc = _mm512_fmadd_ps(qv[c], kvload512(wt, k_base, k + 16 * (size_t)c), acc);
+        }
         float s = _mm512_reduce_add_ps(acc) * scale;
         scores[t] = s;
         max = s > max ? s : max;
     }
     float inv = 1.0f / exp_shift_sum512(scores, n, max);
-    __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+    __m512 o[8];
+    for (int c = 0; c < nc; c++) {
+        o[c] = _mm512_setzero_ps();
+    }
     for (int32_t t = 0; t < n; t++) {
         size_t v = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
         __m512 p = _mm512_set1_ps(scores[t] * inv);
-        o0 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v), o0);
-        o1 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v + 16), o1);
-        o2 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v + 32), o2);
-        o3 = _mm512_fmadd_ps(p, kvload512(wt, v_base, v + 48), o3);
+        for (int c = 0; c < nc; c++) {
+            o[c] = _mm512_fmadd_ps(p, kvload512(wt, v_base, v + 16 * (size_t)c), o[c]);
+        }
     }
-    _mm512_storeu_ps(out, o0);
-    _mm512_storeu_ps(out + 16, o1);
-    _mm512_storeu_ps(out + 32, o2);
-    _mm512_storeu_ps(out + 48, o3);
+    for (int c = 0; c < nc; c++) {
+        _mm512_storeu_ps(out + 16 * c, o[c]);
+    }
 }
 
-static T512 void attention512_hs64(enum kernel_wtype wt, const float *q, const void *k_base,
-                                   const void *v_base, const int32_t *blocks, size_t block_stride,
-                                   size_t row_stride, int32_t n, float scale, float *scores,
-                                   float *out) {
-    if (wt == KERNEL_W_F16) {
-        attention512_hs64_wt(KERNEL_W_F16, q, k_base, v_base, blocks, block_stride, row_stride, n,
-                             scale, scores, out);
+/* Head sizes 64 and 128, float32 or f16 K/V. */
+static T512 void attention512(int32_t hs, enum kernel_wtype wt, const float *q, const void *k_base,
+                              const void *v_base, const int32_t *blocks, size_t block_stride,
+                              size_t row_stride, int32_t n, float scale, float *scores,
+                              float *out) {
+    if (hs == 64 && wt == KERNEL_W_F16) {
+        attention512_wt(4, KERNEL_W_F16, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
+    } else if (hs == 64) {
+        attention512_wt(4, KERNEL_W_F32, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
+    } else if (wt == KERNEL_W_F16) {
+        attention512_wt(8, KERNEL_W_F16, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
     } else {
-        attention512_hs64_wt(KERNEL_W_F32, q, k_base, v_base, blocks, block_stride, row_stride, n,
-                             scale, scores, out);
+        attention512_wt(8, KERNEL_W_F32, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
     }
 }
 
@@ -903,9 +914,9 @@ void kernel_attention(enum kernel_isa isa, const float *q, const void *k_base, c
                       size_t row_stride, int32_t n, int32_t hs, float scale, float *scores,
                       float *out) {
 #if HAVE_X86
-    if (isa == KERNEL_ISA_AVX512 && hs == 64) {
-        attention512_hs64(kv_type, q, k_base, v_base, blocks, block_stride, row_stride, n, scale,
-                          scores, out);
+    if (isa == KERNEL_ISA_AVX512 && (hs == 64 || hs == 128)) {
+        attention512(hs, kv_type, q, k_base, v_base, blocks, block_stride, row_stride, n, scale,
+                     scores, out);
         return;
     }
 #endif
