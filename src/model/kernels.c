@@ -36,9 +36,10 @@ static int has_f16c(void) {
 }
 #endif
 
-/* Row tile heights: registers hold MR x NR accumulators (AVX-512: 6 x 4 zmm = 24 of 32). */
+/* Row tile heights: registers hold the accumulators (AVX-512: 6 x 4 zmm = 24 of 32; AVX2: 6 x 2
+ * ymm = 12 of 16). */
 #define MR_512 6
-#define MR_256 3
+#define MR_256 6
 
 const char *kernel_isa_name(enum kernel_isa isa) {
     switch (isa) {
@@ -568,59 +569,52 @@ INLINE T256 __m256 wload256(enum kernel_wtype wt, const void *wp, size_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* One MR x 32 tile (half a panel; wp already offset to the half, rows still 64 apart). With
- * SWIGLU the tile is 16 gate columns (registers 0-1) and the same 16 up columns 32 further on
- * (registers 2-3), making 16 output columns. */
+/* One MR x 16 tile (a quarter of a panel; wp already offset to it, rows still 64 apart): two
+ * accumulators per row, so 6 rows use 12 of the 16 ymm registers and the two weight vectors and
+ * the broadcast fit beside them (a wider tile spills accumulators to the stack every k). With
+ * SWIGLU the two are 8 gate columns and the same 8 up columns 32 further on, making 8 output
+ * columns. */
 INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
                          const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
                          int32_t n_cols, enum kernel_epilogue epilogue) {
-    __m256 acc[MR_256][4];
+    __m256 a0[MR_256], a1[MR_256];
+#pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
-        for (int j = 0; j < 4; j++) {
-            acc[i][j] = _mm256_setzero_ps();
-        }
+        a0[i] = _mm256_setzero_ps();
+        a1[i] = _mm256_setzero_ps();
     }
-    const size_t off2 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 16;
+    const size_t off1 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 8;
     for (int32_t kk = 0; kk < k; kk++) {
         size_t wk = (size_t)kk * KERNEL_NR;
         __m256 w0 = wload256(wt, wp, wk);
-        __m256 w1 = wload256(wt, wp, wk + 8);
-        __m256 w2 = wload256(wt, wp, wk + off2);
-        __m256 w3 = wload256(wt, wp, wk + off2 + 8);
+        __m256 w1 = wload256(wt, wp, wk + off1);
+#pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_broadcast_ss(x + (size_t)i * ldx + kk);
-            acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(xv, w1, acc[i][1]);
-            acc[i][2] = _mm256_fmadd_ps(xv, w2, acc[i][2]);
-            acc[i][3] = _mm256_fmadd_ps(xv, w3, acc[i][3]);
+            a0[i] = _mm256_fmadd_ps(xv, w0, a0[i]);
+            a1[i] = _mm256_fmadd_ps(xv, w1, a1[i]);
         }
     }
     if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
-        for (int j = 0; j < 2; j++) {
-            int32_t c0 = j * 8;
-            if (c0 >= n_cols) {
-                break;
-            }
-            int32_t n_valid = n_cols - c0 >= 8 ? 8 : n_cols - c0;
-            __m256 bg = bias != NULL ? _mm256_loadu_ps(bias + c0) : _mm256_setzero_ps();
-            __m256 bu = bias != NULL ? _mm256_loadu_ps(bias + KERNEL_SWIGLU_HALF + c0)
-                                     : _mm256_setzero_ps();
-            for (int i = 0; i < mr; i++) {
-                __m256 v = _mm256_mul_ps(silu256(_mm256_add_ps(acc[i][j], bg)),
-                                         _mm256_add_ps(acc[i][j + 2], bu));
-                float *dst = out + (size_t)i * ldo + c0;
-                if (n_valid == 8) {
-                    _mm256_storeu_ps(dst, v);
-                } else {
-                    float o_buf[8];
-                    _mm256_storeu_ps(o_buf, v);
-                    memcpy(dst, o_buf, (size_t)n_valid * sizeof(float));
-                }
+        int32_t n_valid = n_cols >= 8 ? 8 : n_cols;
+        __m256 bg = bias != NULL ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+        __m256 bu = bias != NULL ? _mm256_loadu_ps(bias + KERNEL_SWIGLU_HALF) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            __m256 v = _mm256_mul_ps(silu256(_mm256_add_ps(a0[i], bg)), _mm256_add_ps(a1[i], bu));
+            float *dst = out + (size_t)i * ldo;
+            if (n_valid == 8) {
+                _mm256_storeu_ps(dst, v);
+            } else {
+                float o_buf[8];
+                _mm256_storeu_ps(o_buf, v);
+                memcpy(dst, o_buf, (size_t)n_valid * sizeof(float));
             }
         }
         return;
     }
-    for (int j = 0; j < 4; j++) {
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; j++) {
         int32_t c0 = j * 8;
         if (c0 >= n_cols) {
             break;
@@ -632,12 +626,13 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
             memcpy(b_buf, bias + c0, (size_t)n_valid * sizeof(float));
         }
         __m256 b = _mm256_loadu_ps(b_buf);
+#pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             float *dst = out + (size_t)i * ldo + c0;
             float o_buf[8] = {0};
             memcpy(o_buf, dst,
                    epilogue == KERNEL_EPILOGUE_ADD ? (size_t)n_valid * sizeof(float) : 0);
-            __m256 v = _mm256_add_ps(acc[i][j], b);
+            __m256 v = _mm256_add_ps(j == 0 ? a0[i] : a1[i], b);
             if (epilogue == KERNEL_EPILOGUE_ADD) {
                 v = _mm256_add_ps(_mm256_loadu_ps(o_buf), v);
             } else if (epilogue == KERNEL_EPILOGUE_GELU_TANH) {
@@ -658,26 +653,36 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                               int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                               enum kernel_epilogue epilogue) {
     size_t w_size = wt == KERNEL_W_F32 ? sizeof(float) : sizeof(uint16_t);
-    /* SWIGLU: each half of a panel's pass is 16 gate + 16 up columns -> 16 output columns. */
+    /* A panel is walked in four quarters of 16 columns (SWIGLU: 8 gate + 8 up columns, making 8
+     * output columns each). */
     int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
-    int32_t step = is_swiglu ? 16 : 32;
+    int32_t step = is_swiglu ? 8 : 16;
     int32_t width = is_swiglu ? KERNEL_SWIGLU_HALF : KERNEL_NR;
     for (int32_t p = p_begin; p < p_end; p++) {
-        for (int32_t half = 0; half < 2; half++) {
-            int32_t c0 = p * width + half * step;
+        for (int32_t q = 0; q < 4; q++) {
+            int32_t c0 = p * width + q * step;
             if (c0 >= n) {
                 break;
             }
             const void *wp = (const char *)w_packed +
-                             ((size_t)p * (size_t)k * KERNEL_NR + (size_t)half * step) * w_size;
+                             ((size_t)p * (size_t)k * KERNEL_NR + (size_t)q * step) * w_size;
             int32_t n_cols = n - c0 < step ? n - c0 : step;
             const float *b = bias == NULL ? NULL
-                             : is_swiglu  ? bias + (size_t)p * KERNEL_NR + (size_t)half * step
+                             : is_swiglu  ? bias + (size_t)p * KERNEL_NR + (size_t)q * step
                                           : bias + c0;
             for (int32_t i = 0; i < m; i += MR_256) {
                 const float *xi = x + (size_t)i * ldx;
                 float *oi = out + (size_t)i * ldo + c0;
                 switch (m - i >= MR_256 ? MR_256 : m - i) {
+                case 6:
+                    tile256(6, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    break;
+                case 5:
+                    tile256(5, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    break;
+                case 4:
+                    tile256(4, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    break;
                 case 3:
                     tile256(3, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
