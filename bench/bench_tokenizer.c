@@ -1,8 +1,10 @@
 /*
- * bench_tokenizer.c: encode and decode throughput of the GPT-2 tokenizer, one thread.
+ * bench_tokenizer.c: encode and decode throughput of a tokenizer, one thread.
  *
  * Usage: bench_tokenizer [MODEL_DIR] [MEGABYTES]   (default: the source tree's
- * tests/data/gpt2-tiny-random, which has GPT-2's vocabulary; 1 MB). Builds the input
+ * tests/data/gpt2-tiny-random, which has GPT-2's vocabulary; 1 MB). MODEL_DIR needs only the
+ * tokenizer files, so the registry fixtures serve as they are, e.g. Llama 3's:
+ * bench_tokenizer ~/.cache/gptd/testdata/tokenizer-llama3 (tools/fetch-testdata). Builds the input
  * deterministically from the sample below: runs of 4-40 consecutive words taken at pseudo-random
  * offsets, so the text mixes English, other scripts, code and numbers the way a prompt mix does,
  * with natural word repetition. Prints MB/s

@@ -60,6 +60,13 @@ for _ in 1 2 3; do
 done
 log "tokenizer benchmark"
 build/bench/bench_tokenizer tests/data/gpt2-tiny-random >"$out/tokenizer.txt" 2>&1 || true
+# Llama 3's tokenizer (registry fixture; skipped with a note when it was never fetched).
+if llama3=$(. tests/common.sh && registry_path tokenizer-llama3 tokenizer.json 2>&1); then
+    echo "== Llama 3" >>"$out/tokenizer.txt"
+    build/bench/bench_tokenizer "$(dirname "$llama3")" >>"$out/tokenizer.txt" 2>&1 || true
+else
+    echo "== Llama 3: $llama3" >>"$out/tokenizer.txt"
+fi
 log "sampler benchmark"
 build/bench/bench_sampling >"$out/sampling.txt" 2>&1 || true
 log "engine benchmark (in-process)"
@@ -143,7 +150,7 @@ EOF
     echo '```'
     echo "# Tokenizer"
     echo '```'
-    tail -n 20 "$out/tokenizer.txt"
+    tail -n 24 "$out/tokenizer.txt"
     echo '```'
     echo "# Sampler"
     echo '```'

@@ -5,7 +5,9 @@
  *   1: tokenizer.json (tokenizer_load of a directory holding only it);
  *   2: vocab.json + merges.txt (the rest split at its first NUL byte).
  * Invariants: never a crash or a leak; a refusal always comes with a message; an accepted
- * config is within the documented ranges; an accepted tokenizer can encode and decode.
+ * config is within the documented ranges; an accepted tokenizer (byte-level or
+ * SentencePiece-style) encodes a mixed text with its special tokens or says why not, and its
+ * streamed decode equals the whole decode in every decode mode.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,13 +28,34 @@ static void try_tokenizer(void) {
         return;
     }
     FUZZ_CHECK(tokenizer_n_vocab(tok) > 0);
+    static const char text[] = "Hello, world!  <s> caf\xc3\xa9 e\xcc\x81 \xf0\x9f\xa6\x99";
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    if (tokenizer_encode(tok, "Hello, world!", 13, TOKENIZER_PARSE_SPECIAL, &ids, &n_ids, err,
+    if (tokenizer_encode(tok, text, sizeof(text) - 1,
+                         TOKENIZER_PARSE_SPECIAL | TOKENIZER_ADD_SPECIAL, &ids, &n_ids, err,
                          sizeof(err)) == 0) {
-        size_t len = 0;
-        free(tokenizer_decode(tok, ids, n_ids, &len));
+        /* Every decode mode: the streamed text equals the whole decode. */
+        size_t cap = tokenizer_max_token_bytes(tok) + 16;
+        char *piece = malloc(cap);
+        for (int flags = 0; flags <= (TOKENIZER_SKIP_SPECIAL | TOKENIZER_CONTINUATION); flags++) {
+            size_t len = 0;
+            char *whole = tokenizer_decode_with(tok, ids, n_ids, flags, &len);
+            struct detok d;
+            detok_init_with(&d, tok, flags);
+            size_t at = 0;
+            for (size_t i = 0; i <= n_ids && whole != NULL && piece != NULL; i++) {
+                size_t m =
+                    i < n_ids ? detok_feed(&d, ids[i], piece, cap) : detok_flush(&d, piece, cap);
+                FUZZ_CHECK(at + m <= len && memcmp(whole + at, piece, m) == 0);
+                at += m;
+            }
+            FUZZ_CHECK(whole == NULL || piece == NULL || at == len);
+            free(whole);
+        }
+        free(piece);
         free(ids);
+    } else {
+        FUZZ_CHECK(strlen(err) > 0);
     }
     tokenizer_destroy(tok);
 }

@@ -56,7 +56,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     char *text = NULL;
     size_t text_len = 0;
-    if (server_request_parse_tokenize(body, size, &text, &text_len, &err) == 0) {
+    bool add_special;
+    if (server_request_parse_tokenize(body, size, &text, &text_len, &add_special, &err) == 0) {
         FUZZ_CHECK(utf8_is_valid(text, text_len));
         free(text);
     } else {

@@ -137,6 +137,44 @@ def loader_seeds():
     merges = "#version: 0.2\nĠ t\nĠt h\n".encode()
     write("loaders", "vocab_merges", b"\x02" + vocab_json + b"\x00" + merges)
     write("loaders", "vocab_merges_unknown", b"\x02" + vocab_json + b"\x00" + "Ġ zz\n".encode())
+    # Llama 3 style: a Split regex before a ByteLevel without regex, ignore_merges, NFC, a
+    # post-processor that adds BOS.
+    split = {"type": "Split", "pattern": {"Regex": "(?i:'s|'t)|\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+|\\s+"},
+             "behavior": "Isolated", "invert": False}
+    llama3 = dict(tok, normalizer={"type": "NFC"},
+                  model=dict(tok["model"], ignore_merges=True),
+                  pre_tokenizer={"type": "Sequence", "pretokenizers": [
+                      split, {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]},
+                  post_processor={"type": "TemplateProcessing",
+                                  "single": [{"SpecialToken": {"id": "<|endoftext|>"}},
+                                             {"Sequence": {"id": "A"}}],
+                                  "special_tokens": {"<|endoftext|>": {"ids": [258]}}})
+    write("loaders", "tokenizer_json_split_regex", b"\x01" + json.dumps(llama3).encode())
+    # SentencePiece style: byte fallback, Prepend/Replace, the Replace/ByteFallback/Fuse/Strip
+    # decoder; and the same with the Metaspace pre-tokenizer and decoder.
+    sp = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % b for b in range(256)] + \
+        ["\u2581", "a", "b", "\u2581a", "ab", "\u2581ab"]
+    sp_tok = {"model": {"type": "BPE", "byte_fallback": True, "fuse_unk": True, "unk_token": "<unk>",
+                        "vocab": {p: i for i, p in enumerate(sp)},
+                        "merges": ["a b", "\u2581 ab", "\u2581 a"]},
+              "added_tokens": [{"id": i, "content": sp[i], "special": True} for i in range(3)],
+              "normalizer": {"type": "Sequence", "normalizers": [
+                  {"type": "Prepend", "prepend": "\u2581"},
+                  {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+              "pre_tokenizer": None,
+              "post_processor": {"type": "TemplateProcessing",
+                                 "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}],
+                                 "special_tokens": {"<s>": {"ids": [1]}}},
+              "decoder": {"type": "Sequence", "decoders": [
+                  {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+                  {"type": "ByteFallback"}, {"type": "Fuse"},
+                  {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}}
+    write("loaders", "tokenizer_json_sentencepiece", b"\x01" + json.dumps(sp_tok).encode())
+    ms_tok = dict(sp_tok, normalizer=None,
+                  pre_tokenizer={"type": "Metaspace", "replacement": "\u2581",
+                                 "prepend_scheme": "first", "split": True},
+                  decoder={"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"})
+    write("loaders", "tokenizer_json_metaspace", b"\x01" + json.dumps(ms_tok).encode())
 
 
 def stream_seeds():

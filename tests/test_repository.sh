@@ -7,8 +7,9 @@
 #    variable that used to point at it: a clone must run, build and test with nothing beside it.
 #    (The two strings are assembled below so that this file does not match itself.)
 # 2. No tracked file is larger than 16 MB.
-# 3. Every fixture folder under tests/data/ has a PROVENANCE.md whose sha256 table lists every
-#    file of the folder, and each file's sha256 is the one listed.
+# 3. Every fixture folder under tests/data/ (or under a group folder such as tests/data/tokenizers/)
+#    has a PROVENANCE.md whose sha256 table lists every file of the folder, and each file's
+#    sha256 is the one listed.
 # 4. tests/data/registry.json (tools/fetch-testdata's manifest) parses, and each fixture names a
 #    package, a version, a tarball sha256 and files with their sha256.
 set -u
@@ -42,9 +43,23 @@ else
     echo "ok   no tracked file over 16 MB"
 fi
 
-# 3. Fixtures and their PROVENANCE.md.
+# 3. Fixtures and their PROVENANCE.md. A folder with a README.md and no PROVENANCE.md groups
+#    fixtures (tests/data/tokenizers/): each of its subfolders is one, and the group itself holds
+#    nothing but that README.md.
+fixtures=()
 for dir in tests/data/*/; do
     dir=${dir%/}
+    if [ ! -f "$dir/PROVENANCE.md" ] && [ -f "$dir/README.md" ]; then
+        for sub in "$dir"/*/; do
+            fixtures+=("${sub%/}")
+        done
+        stray=$(git ls-files -- "$dir" | grep -v -x -F "$dir/README.md" | grep -v "^$dir/[^/]*/")
+        [ -z "$stray" ] || bad "files in the fixture group $dir outside its fixtures: $stray"
+    else
+        fixtures+=("$dir")
+    fi
+done
+for dir in "${fixtures[@]}"; do
     prov=$dir/PROVENANCE.md
     if [ ! -f "$prov" ]; then
         bad "$dir has no PROVENANCE.md"

@@ -330,13 +330,26 @@ START_TEST(test_request_parse_tokenize_and_detokenize_bodies) {
     struct api_error err;
     char *text;
     size_t len;
+    bool add_special = false;
     const char *t1 = "{\"prompt\":\"Hello world\"}";
-    ck_assert_int_eq(server_request_parse_tokenize(t1, strlen(t1), &text, &len, &err), 0);
+    ck_assert_int_eq(server_request_parse_tokenize(t1, strlen(t1), &text, &len, &add_special, &err),
+                     0);
     ck_assert_str_eq(text, "Hello world");
     ck_assert_uint_eq(len, 11);
+    ck_assert(add_special); /* vLLM's default */
     free(text);
+    const char *t3 = "{\"prompt\":\"hi\",\"add_special_tokens\":false}";
+    ck_assert_int_eq(server_request_parse_tokenize(t3, strlen(t3), &text, &len, &add_special, &err),
+                     0);
+    ck_assert(!add_special);
+    free(text);
+    const char *t4 = "{\"prompt\":\"hi\",\"add_special_tokens\":1}";
+    ck_assert_int_eq(server_request_parse_tokenize(t4, strlen(t4), &text, &len, &add_special, &err),
+                     -1);
+    ck_assert_str_eq(err.code, "invalid_type");
     const char *t2 = "{\"prompt\":5}";
-    ck_assert_int_eq(server_request_parse_tokenize(t2, strlen(t2), &text, &len, &err), -1);
+    ck_assert_int_eq(server_request_parse_tokenize(t2, strlen(t2), &text, &len, &add_special, &err),
+                     -1);
     ck_assert_str_eq(err.code, "invalid_type");
     int32_t *ids;
     size_t n;

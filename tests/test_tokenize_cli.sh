@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test_tokenize_cli.sh: `gptd tokenize` and `gptd detokenize` end to end on the real GPT-2
 # vocabulary in tests/data: ids, --json, --no-special, stdin, round trip, usage errors
-# (exit 2) and runtime failures (exit 1).
+# (exit 2) and runtime failures (exit 1); then on a folder holding only Mistral's tokenizer
+# files (registry fixture tokenizer-mistral): BOS added by default, --no-add-special, --jsonl,
+# detokenize --skip-special.
 # Usage: test_tokenize_cli.sh path/to/gptd
 set -u
 gptd="$1"
@@ -73,4 +75,40 @@ check detokenize-bad-json 1 "$gptd" detokenize -m "$model" "$tmp/bad.json"
 echo '[1, 50257]' >"$tmp/bad.json"
 check detokenize-bad-id 1 "$gptd" detokenize -m "$model" "$tmp/bad.json"
 grep -q 'element 1' "$tmp/err" || { echo "FAIL bad-id message"; fail=1; }
+# A SentencePiece-style tokenizer in a folder with nothing else: no config.json, no weights.
+mistral_json=$(registry_path tokenizer-mistral tokenizer.json) || exit 1
+mistral_config=$(registry_path tokenizer-mistral tokenizer_config.json) || exit 1
+mkdir "$tmp/mistral"
+cp "$mistral_json" "$mistral_config" "$tmp/mistral/"
+printf 'Hello world' >"$tmp/hw.txt"
+check tokenize-adds-bos 0 "$gptd" tokenize -m "$tmp/mistral" --json "$tmp/hw.txt"
+expect_out tokenize-adds-bos "[1, 22557, 1526]"
+check tokenize-no-add-special 0 "$gptd" tokenize -m "$tmp/mistral" --no-add-special "$tmp/hw.txt"
+expect_out tokenize-no-add-special "22557 1526"
+printf 'a<s>b' >"$tmp/s.txt"
+check tokenize-special-in-text 0 "$gptd" tokenize -m "$tmp/mistral" "$tmp/s.txt"
+expect_out tokenize-special-in-text "1 264 1 287"
+check tokenize-special-as-text 0 "$gptd" tokenize -m "$tmp/mistral" --no-special "$tmp/s.txt"
+grep -qw 1 <<<"$(cut -d' ' -f2- "$tmp/out")" && { echo "FAIL special-as-text: $(cat "$tmp/out")"; fail=1; }
+# --jsonl: one JSON string per line (escapes, NUL, an empty string), one array per line.
+printf '%s\n' '"Hello world"' '""' '"x\u0000y \ud83e\udd99"' '"a<s>b"' >"$tmp/lines.jsonl"
+check tokenize-jsonl 0 "$gptd" tokenize -m "$tmp/mistral" --jsonl "$tmp/lines.jsonl"
+[ "$(wc -l <"$tmp/out")" = 4 ] || { echo "FAIL tokenize-jsonl: $(wc -l <"$tmp/out") lines"; fail=1; }
+if ! { [ "$(sed -n 1p "$tmp/out")" = "[1, 22557, 1526]" ] && [ "$(sed -n 2p "$tmp/out")" = "[1]" ] &&
+    [ "$(sed -n 4p "$tmp/out")" = "[1, 264, 1, 287]" ]; }; then
+    echo "FAIL tokenize-jsonl: $(cat "$tmp/out")"; fail=1
+fi
+# Line 3 is the same text as one whole input holding those bytes.
+printf 'x\0y \xf0\x9f\xa6\x99' >"$tmp/nul.txt"
+want=$("$gptd" tokenize -m "$tmp/mistral" --json "$tmp/nul.txt")
+[ "$(sed -n 3p "$tmp/out")" = "$want" ] || { echo "FAIL tokenize-jsonl NUL: $(sed -n 3p "$tmp/out") vs $want"; fail=1; }
+printf '"ok"\nnot json\n' >"$tmp/bad.jsonl"
+check tokenize-jsonl-bad-line 1 "$gptd" tokenize -m "$tmp/mistral" --jsonl "$tmp/bad.jsonl"
+grep -q 'line 2 is not one JSON string' "$tmp/err" || { echo "FAIL jsonl bad-line message"; fail=1; }
+# Decoding: the leading space of "▁Hello" is stripped at the start; --skip-special drops <s>.
+echo '[1, 22557, 1526]' >"$tmp/ids.json"
+check detokenize-bos 0 "$gptd" detokenize -m "$tmp/mistral" "$tmp/ids.json"
+expect_out detokenize-bos "<s> Hello world"
+check detokenize-skip-special 0 "$gptd" detokenize -m "$tmp/mistral" --skip-special "$tmp/ids.json"
+expect_out detokenize-skip-special "Hello world"
 exit $fail

@@ -22,6 +22,7 @@
 #include <gptd/tokenizer.h>
 
 #include "common.h"
+#include "tokenizer_common.h"
 
 #define N_LOADERS 3
 static struct tokenizer *toks[N_LOADERS];
@@ -88,30 +89,6 @@ static void add_case(const char *text, size_t n_text, const int32_t *ids, size_t
     memcpy(c->ids, ids, n_ids * sizeof(int32_t));
     c->n_ids = n_ids;
     c->flags = flags;
-}
-
-/* Appends code point cp as UTF-8. */
-static size_t put_utf8(char *out, uint32_t cp) {
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
 }
 
 /*
@@ -240,16 +217,6 @@ static size_t load_ggml_cases(void) {
     return n_cases - before;
 }
 
-static int32_t *encode_ok(struct tokenizer *tok, const char *text, size_t n, int flags,
-                          size_t *n_ids) {
-    int32_t *ids = NULL;
-    char err[256] = "";
-    int rc = tokenizer_encode(tok, text, n, flags, &ids, n_ids, err, sizeof(err));
-    ck_assert_msg(rc == 0, "encode failed: %s", err);
-    need(ids != NULL);
-    return ids;
-}
-
 static int32_t byte_id(const struct tokenizer *tok, unsigned char b) {
     char c = (char)b;
     int32_t id = tokenizer_token_id(tok, &c, 1);
@@ -260,19 +227,7 @@ static int32_t byte_id(const struct tokenizer *tok, unsigned char b) {
 /* Streams ids through a detok, one at a time, into a malloc'd buffer. */
 static char *stream_decode(const struct tokenizer *tok, const int32_t *ids, size_t n_ids,
                            size_t *n_out) {
-    size_t cap_piece = tokenizer_max_token_bytes(tok) + 16;
-    size_t cap = (n_ids + 1) * cap_piece;
-    char *out = malloc(cap);
-    size_t at = 0;
-    struct detok d;
-    detok_init(&d, tok);
-    for (size_t i = 0; i < n_ids; i++) {
-        at += detok_feed(&d, ids[i], out + at, cap_piece);
-    }
-    at += detok_flush(&d, out + at, cap_piece);
-    ck_assert_uint_le(at, cap);
-    *n_out = at;
-    return out;
+    return stream_decode_with(tok, ids, n_ids, 0, n_out);
 }
 
 /* ---- golden encoding ------------------------------------------------------------------ */

@@ -14,8 +14,8 @@
  * FFN 1536, vocab 49152, context 2048).
  * --byte-tokenizer also writes a tokenizer.json of its own: GPT-2's byte-level BPE with the 256
  * byte tokens (id = byte value), no merges, and <|endoftext|> as id 256 (a GPT-2's vocabulary
- * becomes 257; a Llama keeps its own, of which the tokenizer uses the first 257 ids). That makes a self-contained model directory, which is what the server serves by default
- * until a trained model is bundled.
+ * becomes 257; a Llama keeps its own, of which the tokenizer uses the first 257 ids). That
+ * makes a self-contained model directory, which benchmarks serve over HTTP.
  * Stand-alone tool (single thread); it does not link libgptd.
  */
 #include <errno.h>

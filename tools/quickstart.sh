@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 # What building and running gptd needs (also the container image's build stage) ...
 BUILD_PACKAGES=(
     build-essential meson ninja-build pkg-config git
-    libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev nettle-dev libcurl4-openssl-dev check
+    libmicrohttpd-dev libcjson-dev libopenblas-dev libpcre2-dev libutf8proc-dev nettle-dev
+    libcurl4-openssl-dev check
 )
 # ... and what the test command adds: sanitizer runtimes and fuzzing (clang), the tools' tests
 # (numpy; PyTorch as the nanoGPT reference; the regex module and the King James Bible for the

@@ -477,8 +477,10 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     if (a.prompt != NULL) {
-        if (tokenizer_encode(tok, a.prompt, strlen(a.prompt), TOKENIZER_PARSE_SPECIAL, &prompt,
-                             &n_prompt, err, sizeof(err)) != 0) {
+        /* With the model's special tokens (Llama's BOS), as the server tokenizes a prompt. */
+        if (tokenizer_encode(tok, a.prompt, strlen(a.prompt),
+                             TOKENIZER_PARSE_SPECIAL | TOKENIZER_ADD_SPECIAL, &prompt, &n_prompt,
+                             err, sizeof(err)) != 0) {
             fprintf(stderr, "gptd generate: %s\n", err);
             goto done;
         }

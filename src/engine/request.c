@@ -61,7 +61,9 @@ static int seq_setup(struct engine *engine, struct engine_request *req, struct s
         }
         return -1;
     }
-    detok_init(&seq->detok, engine->tok);
+    /* Generated text continues the prompt: no start-of-text strip (SentencePiece's leading
+     * space stays, as vLLM shows it). */
+    detok_init_with(&seq->detok, engine->tok, TOKENIZER_CONTINUATION);
     return 0;
 }
 

@@ -755,8 +755,8 @@ int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
     for (size_t i = 0; i < r->n_prompts; i++) {
         struct prompt *p = &r->prompts[i];
         if (p->ids == NULL) {
-            /* Every token is at most max_token_bytes long, so a text this long cannot fit:
-             * refuse it before running BPE over (possibly) a megabyte. */
+            /* No token stands for more than max_token_bytes of text, so a text this long
+             * cannot fit: refuse it before running BPE over (possibly) a megabyte. */
             if (lim->n_ctx > 0 && lim->max_token_bytes > 0) {
                 size_t at_least = (p->text_len + lim->max_token_bytes - 1) / lim->max_token_bytes;
                 if (at_least + (size_t)r->max_tokens > (size_t)lim->n_ctx) {
@@ -766,7 +766,9 @@ int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
                 }
             }
             char msg[128];
-            if (tokenizer_encode(tok, p->text, p->text_len, TOKENIZER_PARSE_SPECIAL, &p->ids,
+            /* add_special_tokens=True, vLLM's default: Llama's BOS; GPT-2 adds nothing. */
+            if (tokenizer_encode(tok, p->text, p->text_len,
+                                 TOKENIZER_PARSE_SPECIAL | TOKENIZER_ADD_SPECIAL, &p->ids,
                                  &p->n_ids, msg, sizeof(msg)) != 0) {
                 return api_error_set(err, 400, invalid_request, "invalid_value", "prompt",
                                      "the prompt could not be tokenized");
@@ -785,9 +787,10 @@ int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
 }
 
 int server_request_parse_tokenize(const char *body, size_t len, char **text, size_t *text_len,
-                                  struct api_error *err) {
+                                  bool *add_special, struct api_error *err) {
     *text = NULL;
     *text_len = 0;
+    *add_special = true;
     cJSON *root = server_request_parse_json(body, len, err);
     if (root == NULL) {
         return -1;
@@ -806,6 +809,7 @@ int server_request_parse_tokenize(const char *body, size_t len, char **text, siz
         oom(err);
     } else {
         *text_len = strlen(*text);
+        *add_special = ast == NULL || cJSON_IsTrue(ast);
         rc = 0;
     }
     cJSON_Delete(root);

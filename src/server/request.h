@@ -44,8 +44,9 @@ struct request_limits {
     int32_t max_tokens_cap; /* largest max_tokens accepted; 0 = n_ctx (or INT32_MAX) */
     int32_t max_n;          /* largest n and best_of */
     int32_t max_prompts;    /* prompts in one request (array forms) */
-    size_t max_token_bytes; /* longest token's bytes: bounds the token count from below
-                               before tokenizing (0 = skip that early check) */
+    size_t max_token_bytes; /* most text bytes one token stands for
+                               (tokenizer_max_text_per_token): bounds the token count from
+                               below before tokenizing (0 = skip that early check) */
 };
 
 /* Defaults: unknown vocabulary and context, max_n 16, max_prompts 16. */
@@ -109,9 +110,10 @@ int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
 void *server_request_parse_json(const char *body, size_t len, struct api_error *err);
 
 /* POST /tokenize: {"prompt": string, "add_special_tokens"?: bool}. On success *text is a
- * malloc'd NUL-terminated copy (the caller frees). Returns 0 or -1 with *err. */
+ * malloc'd NUL-terminated copy (the caller frees) and *add_special the flag (default true, as
+ * vLLM). Returns 0 or -1 with *err. */
 int server_request_parse_tokenize(const char *body, size_t len, char **text, size_t *text_len,
-                                  struct api_error *err);
+                                  bool *add_special, struct api_error *err);
 
 /* POST /detokenize: {"tokens": [ids]}. On success *ids is malloc'd (non-NULL even when empty).
  * Returns 0 or -1 with *err. */

@@ -560,16 +560,17 @@ static enum MHD_Result handle_tokenize(struct conn *x) {
     struct api_error e;
     char *text = NULL;
     size_t len = 0;
+    bool add_special = true;
     if (server_request_parse_tokenize(x->body.data != NULL ? x->body.data : "", x->body.len, &text,
-                                      &len, &e) != 0) {
+                                      &len, &add_special, &e) != 0) {
         return respond_error(x, &e);
     }
     int32_t *ids = NULL;
     size_t n = 0;
     char msg[128];
     enum MHD_Result rc;
-    if (tokenizer_encode(s->tok, text, len, TOKENIZER_PARSE_SPECIAL, &ids, &n, msg, sizeof(msg)) !=
-        0) {
+    int flags = TOKENIZER_PARSE_SPECIAL | (add_special ? TOKENIZER_ADD_SPECIAL : 0);
+    if (tokenizer_encode(s->tok, text, len, flags, &ids, &n, msg, sizeof(msg)) != 0) {
         rc = respond_errorf(x, 400, "invalid_request_error", "invalid_value",
                             "the prompt could not be tokenized");
     } else {
@@ -1356,7 +1357,7 @@ void server_set_engine(struct server *s, struct engine *engine, struct tokenizer
     s->limits.max_tokens_cap = s->cfg.max_tokens_cap;
     s->limits.max_n = s->cfg.max_n;
     s->limits.max_prompts = s->cfg.max_prompts;
-    s->limits.max_token_bytes = tokenizer_max_token_bytes(tok);
+    s->limits.max_token_bytes = tokenizer_max_text_per_token(tok);
     atomic_store(&s->ready, true);
 }
 

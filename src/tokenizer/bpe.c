@@ -5,7 +5,9 @@
  * mutable state is the cache, whose shards each sit behind their own mutex (held only for a
  * slot compare and copy, never across the merge work).
  *
- * DESIGN: the word starts as one symbol per byte, kept in a doubly linked list over an array.
+ * DESIGN: the word starts as one symbol per byte (byte-level vocabularies) or per character
+ * (SentencePiece-style ones: a character the vocabulary lacks becomes its <0xNN> byte tokens,
+ * else the unknown token), kept in a doubly linked list over an array.
  * Every adjacent pair that has a merge goes into a binary min-heap keyed by (rank, position), so
  * the lowest rank merges first and, among equal ranks, the leftmost: the order Hugging Face's
  * BPE (and the original encoder's left-to-right sweep) produces. Merging a pair kills the right
@@ -75,24 +77,6 @@ static void push_pair(const struct tokenizer *tok, struct heap_entry *heap, size
     }
 }
 
-/* Grows the scratch to hold n bytes. */
-static int scratch_reserve(struct bpe_scratch *s, size_t n) {
-    if (s->cap_bytes >= n) {
-        return 0;
-    }
-    size_t cap = s->cap_bytes == 0 ? 4096 : s->cap_bytes;
-    while (cap < n) {
-        cap *= 2;
-    }
-    void *mem = realloc(s->mem, cap);
-    if (mem == NULL) {
-        return -1;
-    }
-    s->mem = mem;
-    s->cap_bytes = cap;
-    return 0;
-}
-
 static int append_ids(int32_t **ids, size_t *n_ids, size_t *cap_ids, size_t n_more) {
     if (*n_ids + n_more <= *cap_ids) {
         return 0;
@@ -110,9 +94,10 @@ static int append_ids(int32_t **ids, size_t *n_ids, size_t *cap_ids, size_t n_mo
     return 0;
 }
 
-/* The merge loop proper: writes the word's ids to out (room for n) and returns their count. */
-static size_t bpe_merge_word(const struct tokenizer *tok, const unsigned char *word, size_t n,
-                             void *mem, int32_t *out) {
+/* The merge loop proper: the word's n_sym starting symbols are in mem's id array already;
+ * writes the word's ids to out (room for n_sym) and returns their count. */
+static size_t bpe_merge_word(const struct tokenizer *tok, size_t n, size_t n_sym, void *mem,
+                             int32_t *out) {
     /* Layout of mem: id (n), next (n), prev (n), then the heap (up to 3n entries: n - 1 initial
      * pairs plus at most 2 per merge, and there are at most n - 1 merges). */
     int32_t *id = mem;
@@ -120,12 +105,11 @@ static size_t bpe_merge_word(const struct tokenizer *tok, const unsigned char *w
     int32_t *prev = next + n;
     struct heap_entry *heap = (struct heap_entry *)(void *)(prev + n + (n & 1));
     size_t n_heap = 0;
-    for (size_t i = 0; i < n; i++) {
-        id[i] = tok->byte_token[word[i]];
-        next[i] = i + 1 < n ? (int32_t)(i + 1) : -1;
+    for (size_t i = 0; i < n_sym; i++) {
+        next[i] = i + 1 < n_sym ? (int32_t)(i + 1) : -1;
         prev[i] = (int32_t)i - 1;
     }
-    for (size_t i = 0; i + 1 < n; i++) {
+    for (size_t i = 0; i + 1 < n_sym; i++) {
         push_pair(tok, heap, &n_heap, (int32_t)i, id[i], id[i + 1]);
     }
     while (n_heap > 0) {
@@ -156,9 +140,53 @@ static size_t bpe_merge_word(const struct tokenizer *tok, const unsigned char *w
     return n_out;
 }
 
+/* CHARS: one starting symbol per character of word (valid UTF-8) into id. Returns the count,
+ * or -1 when a character has neither a token, nor byte tokens, nor an unknown token. */
+static long seed_chars(const struct tokenizer *tok, const unsigned char *word, size_t n,
+                       int32_t *id) {
+    size_t n_sym = 0;
+    int last_was_unk = 0;
+    for (size_t i = 0; i < n;) {
+        size_t len = tok_utf8_lead_len(word[i]);
+        len = len == 0 || i + len > n ? 1 : len;
+        int32_t t = len == 1 && word[i] < 0x80
+                        ? tok->char_token[word[i]]
+                        : tokenizer_vocab_lookup(tok, (const char *)word + i, len,
+                                                 tokenizer_hash_bytes(word + i, len));
+        if (t >= 0) {
+            id[n_sym++] = t;
+            last_was_unk = 0;
+            i += len;
+            continue;
+        }
+        int has_bytes = tok->byte_fallback;
+        for (size_t k = 0; k < len && has_bytes; k++) {
+            has_bytes = tok->byte_fallback_token[word[i + k]] >= 0;
+        }
+        if (has_bytes) {
+            for (size_t k = 0; k < len; k++) {
+                id[n_sym++] = tok->byte_fallback_token[word[i + k]];
+            }
+            last_was_unk = 0;
+        } else if (tok->unk_id >= 0) {
+            if (!(tok->fuse_unk && last_was_unk)) {
+                id[n_sym++] = tok->unk_id;
+            }
+            last_was_unk = 1;
+        } else {
+            return -1;
+        }
+        i += len;
+    }
+    return (long)n_sym;
+}
+
 int bpe_encode_word(struct tokenizer *tok, const unsigned char *word, size_t n,
                     struct bpe_scratch *scratch, int32_t **ids, size_t *n_ids, size_t *cap_ids) {
-    if (n == 1) {
+    if (n == 0) {
+        return 0;
+    }
+    if (n == 1 && tok->alphabet == BPE_ALPHABET_BYTES) {
         if (append_ids(ids, n_ids, cap_ids, 1) != 0) {
             return -1;
         }
@@ -167,10 +195,23 @@ int bpe_encode_word(struct tokenizer *tok, const unsigned char *word, size_t n,
     }
     int is_cacheable = n <= BPE_CACHE_KEY_BYTES;
     uint64_t hash = 0;
+    if (is_cacheable || tok->ignore_merges) {
+        hash = tokenizer_hash_bytes(word, n);
+    }
+    if (tok->ignore_merges) {
+        /* Llama 3: a word that is a vocabulary token is that token, whatever the merges say. */
+        int32_t whole = tokenizer_vocab_lookup(tok, (const char *)word, n, hash);
+        if (whole >= 0) {
+            if (append_ids(ids, n_ids, cap_ids, 1) != 0) {
+                return -1;
+            }
+            (*ids)[(*n_ids)++] = whole;
+            return 0;
+        }
+    }
     struct bpe_cache_shard *shard = NULL;
     struct bpe_cache_slot *slot = NULL;
     if (is_cacheable) {
-        hash = tokenizer_hash_bytes(word, n);
         shard = &tok->cache[hash % BPE_CACHE_SHARDS];
         slot = &shard->slots[(hash / BPE_CACHE_SHARDS) & (BPE_CACHE_SLOTS - 1)];
         int32_t hit[BPE_CACHE_MAX_IDS];
@@ -194,8 +235,21 @@ int bpe_encode_word(struct tokenizer *tok, const unsigned char *word, size_t n,
     if (scratch_reserve(scratch, need) != 0 || append_ids(ids, n_ids, cap_ids, n) != 0) {
         return -1;
     }
+    int32_t *seed = scratch->mem;
+    size_t n_sym = n;
+    if (tok->alphabet == BPE_ALPHABET_BYTES) {
+        for (size_t i = 0; i < n; i++) {
+            seed[i] = tok->byte_token[word[i]];
+        }
+    } else {
+        long got = seed_chars(tok, word, n, seed);
+        if (got < 0) {
+            return -3;
+        }
+        n_sym = (size_t)got;
+    }
     int32_t *out = *ids + *n_ids;
-    size_t n_out = bpe_merge_word(tok, word, n, scratch->mem, out);
+    size_t n_out = bpe_merge_word(tok, n, n_sym, scratch->mem, out);
     *n_ids += n_out;
     if (is_cacheable && n_out <= BPE_CACHE_MAX_IDS) {
         pthread_mutex_lock(&shard->lock);
