@@ -648,6 +648,60 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
     }
 }
 
+/* One row across a whole panel (64 columns, 8 accumulators; SWIGLU: 32 gate and 32 up columns,
+ * making 32 output columns): the decode-at-batch-1 case, bound by streaming the weights, where
+ * reading each panel front to back once beats four strided passes. The same one accumulator per
+ * output element, in the same k order, as the tiles. */
+INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, int32_t k,
+                        const float *bias, float *out, int32_t n_cols,
+                        enum kernel_epilogue epilogue) {
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        a[j] = _mm256_setzero_ps();
+    }
+    for (int32_t kk = 0; kk < k; kk++) {
+        size_t wk = (size_t)kk * KERNEL_NR;
+        __m256 xv = _mm256_broadcast_ss(x + kk);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            a[j] = _mm256_fmadd_ps(xv, wload256(wt, wp, wk + 8 * (size_t)j), a[j]);
+        }
+    }
+    float buf[KERNEL_NR];
+    if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            __m256 bg = bias != NULL ? _mm256_loadu_ps(bias + 8 * j) : _mm256_setzero_ps();
+            __m256 bu = bias != NULL ? _mm256_loadu_ps(bias + KERNEL_SWIGLU_HALF + 8 * j)
+                                     : _mm256_setzero_ps();
+            _mm256_storeu_ps(buf + 8 * j, _mm256_mul_ps(silu256(_mm256_add_ps(a[j], bg)),
+                                                        _mm256_add_ps(a[j + 4], bu)));
+        }
+        memcpy(out, buf, (size_t)n_cols * sizeof(float));
+        return;
+    }
+    float b_buf[KERNEL_NR] = {0};
+    float o_buf[KERNEL_NR] = {0};
+    if (bias != NULL) {
+        memcpy(b_buf, bias, (size_t)n_cols * sizeof(float));
+    }
+    if (epilogue == KERNEL_EPILOGUE_ADD) {
+        memcpy(o_buf, out, (size_t)n_cols * sizeof(float));
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        __m256 v = _mm256_add_ps(a[j], _mm256_loadu_ps(b_buf + 8 * j));
+        if (epilogue == KERNEL_EPILOGUE_ADD) {
+            v = _mm256_add_ps(_mm256_loadu_ps(o_buf + 8 * j), v);
+        } else if (epilogue == KERNEL_EPILOGUE_GELU_TANH) {
+            v = gelu256(v);
+        }
+        _mm256_storeu_ps(buf + 8 * j, v);
+    }
+    memcpy(out, buf, (size_t)n_cols * sizeof(float));
+}
+
 INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                               const void *w_packed, const float *bias, float *out, size_t ldo,
                               int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
@@ -658,6 +712,17 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
     int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
     int32_t step = is_swiglu ? 8 : 16;
     int32_t width = is_swiglu ? KERNEL_SWIGLU_HALF : KERNEL_NR;
+    if (m == 1) {
+        for (int32_t p = p_begin; p < p_end; p++) {
+            int32_t c0 = p * width;
+            const void *wp = (const char *)w_packed + (size_t)p * (size_t)k * KERNEL_NR * w_size;
+            const float *b = bias == NULL ? NULL
+                             : is_swiglu  ? bias + (size_t)p * KERNEL_NR
+                                          : bias + c0;
+            row256(wt, x, wp, k, b, out + c0, n - c0 < width ? n - c0 : width, epilogue);
+        }
+        return;
+    }
     for (int32_t p = p_begin; p < p_end; p++) {
         for (int32_t q = 0; q < 4; q++) {
             int32_t c0 = p * width + q * step;
