@@ -13,9 +13,10 @@
  * --smollm2-135m is that with SmolLM2-135M's shape (30 layers, 576 wide, 9 heads, 3 KV heads,
  * FFN 1536, vocab 49152, context 2048).
  * --byte-tokenizer also writes a tokenizer.json of its own: GPT-2's byte-level BPE with the 256
- * byte tokens (id = byte value), no merges, and <|endoftext|> as id 256 (a GPT-2's vocabulary
- * becomes 257; a Llama keeps its own, of which the tokenizer uses the first 257 ids). That
- * makes a self-contained model directory, which benchmarks serve over HTTP.
+ * byte tokens (id = byte value), no merges, and <|endoftext|> as the last id (a GPT-2's
+ * vocabulary becomes 257; a Llama keeps its own, the ids between the bytes and the last one
+ * spelled as made-up words " w<id>"). That makes a self-contained model directory, which
+ * benchmarks serve over HTTP.
  * Stand-alone tool (single thread); it does not link libgptd.
  */
 #include <errno.h>
@@ -135,9 +136,10 @@ static int build_tensors(const struct shape *s, struct tensor *t) {
 }
 
 /* Writes dir/tokenizer.json: 256 byte tokens in GPT-2's byte-to-unicode spelling (printable
- * Latin-1 bytes stand for themselves, the others for U+0100 onwards, in byte order), no merges,
- * and <|endoftext|> as the special token 256. */
-static int write_byte_tokenizer(const char *dir) {
+ * Latin-1 bytes stand for themselves, the others for U+0100 onwards, in byte order), then (for a
+ * larger vocabulary) one made-up word per id up to n_vocab - 2, spelled " w<id>", no merges,
+ * and <|endoftext|> as the special token n_vocab - 1: every id of the model decodes to text. */
+static int write_byte_tokenizer(const char *dir, int32_t n_vocab) {
     char path[4096];
     snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
     FILE *f = fopen(path, "w");
@@ -145,17 +147,22 @@ static int write_byte_tokenizer(const char *dir) {
         fprintf(stderr, "make-random-gpt2: %s: %s\n", path, strerror(errno));
         return -1;
     }
-    fprintf(f, "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":256,\"content\":\"<|endoftext|>\","
-               "\"special\":true}],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\","
-               "\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true},"
-               "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{");
+    fprintf(f,
+            "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":%d,\"content\":\"<|endoftext|>\","
+            "\"special\":true}],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\","
+            "\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true},"
+            "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{",
+            (int)(n_vocab - 1));
     int n_shifted = 0;
     for (int b = 0; b < 256; b++) {
         int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
         int code = printable ? b : 256 + n_shifted++;
         fprintf(f, "%s\"\\u%04x\":%d", b > 0 ? "," : "", code, b);
     }
-    fprintf(f, ",\"<|endoftext|>\":256},\"merges\":[]}}\n");
+    for (int32_t id = 256; id < n_vocab - 1; id++) {
+        fprintf(f, ",\"\\u0120w%d\":%d", (int)id, (int)id); /* U+0120 is the space byte */
+    }
+    fprintf(f, ",\"<|endoftext|>\":%d},\"merges\":[]}}\n", (int)(n_vocab - 1));
     return fclose(f) == 0 ? 0 : -1;
 }
 
@@ -238,7 +245,7 @@ int main(int argc, char **argv) {
         if (!s.is_llama) {
             s.n_vocab = 257;
         }
-        if (write_byte_tokenizer(dir) != 0) {
+        if (write_byte_tokenizer(dir, s.n_vocab) != 0) {
             return 1;
         }
     }
