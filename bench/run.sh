@@ -5,7 +5,7 @@
 #
 # Builds (release), writes the 124M-shaped random model (fixed seed) into build/, then runs on
 # this machine, one after another: the roofline probes and model benchmark (also f32 vs f16
-# weights), the tokenizer and sampler benchmarks, the in-process engine benchmark, gptd-bench
+# weights, and a Llama of SmolLM2-135M's shape), the tokenizer and sampler benchmarks, the in-process engine benchmark, gptd-bench
 # against `gptd serve` at concurrency 1, 4, 16, 32 and 64, and wrk for per-request overhead. Raw outputs go to
 # build/bench-results/; summary.md there holds the tables; the plots are written to
 # docs/perf/ (gnuplot, SVG). Takes about 15 minutes (--quick: fewer requests, ~5 minutes).
@@ -57,6 +57,17 @@ for _ in 1 2 3; do
         build/bench/bench_model "$model" --model-only --weights "$w" 2>&1 |
             grep -E '^(decode|prefill)' >>"$out/model-weights.txt" || true
     done
+done
+log "model benchmark, Llama family (SmolLM2-135M shape), f32 and f16 weights"
+llama=build/smollm2-135m-random
+if [ ! -f "$llama/model.safetensors" ]; then
+    build/tools/make-random-gpt2 "$llama" --smollm2-135m --byte-tokenizer >/dev/null
+fi
+: >"$out/model-llama.txt"
+for w in f32 f16; do
+    echo "== --weights $w" >>"$out/model-llama.txt"
+    build/bench/bench_model "$llama" --model-only --weights "$w" 2>&1 |
+        grep -E '^(==|decode|prefill)' >>"$out/model-llama.txt" || true
 done
 log "tokenizer benchmark"
 build/bench/bench_tokenizer tests/data/gpt2-tiny-random >"$out/tokenizer.txt" 2>&1 || true
