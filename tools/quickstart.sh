@@ -50,6 +50,8 @@ build() {
     shift
     if [ ! -f "$dir/build.ninja" ]; then
         meson setup "$dir" "$@" >/dev/null
+    elif [ $# -gt 0 ]; then
+        meson configure "$dir" "$@" >/dev/null # a directory set up with other options
     fi
     ninja -C "$dir" >/dev/null
 }
@@ -134,14 +136,17 @@ test)
     # The same suites under AddressSanitizer + UndefinedBehaviorSanitizer (debug build), but
     # for the model tools' and the browser's tests: their C side (loading, serving files) is
     # what the other suites already run under the sanitizers.
-    build build-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+    # Optimised (-O2, assertions on): the sanitizers instrument the same code, and the load and
+    # engine suites run 3x faster than at -O0 (ASan storm 299 s -> 86 s), which keeps the whole
+    # test command within CI's budget as the suites grow.
+    build build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false
     ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         GPTD_SANITIZER=asan GPTD_SOAK_SECONDS=30 run_suite asan+ubsan build-asan \
         --no-suite tools --no-suite web
     # Unit suites under valgrind memcheck.
     run_suite valgrind build --setup valgrind --suite unit
     # The threaded code (engine thread, request channels) under ThreadSanitizer.
-    build build-tsan -Dbuildtype=debug -Db_sanitize=thread -Db_lundef=false
+    build build-tsan -Dbuildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false
     CK_FORK=no TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
         run_suite tsan build-tsan --suite engine
     # A short libFuzzer pass over every harness (the corpus replays in every build above).
