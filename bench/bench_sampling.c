@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
             sampling_params_add_stop(&p, stops[i], strlen(stops[i]));
         }
         char err[200];
-        struct sampler *s = sampler_create(&p, 0, v, -1, prompt, 500, err, sizeof(err));
+        struct sampler *s = sampler_create(&p, 0, v, NULL, 0, prompt, 500, err, sizeof(err));
         struct stop_matcher *m = cf->n_stop > 0 ? stop_matcher_create(&p) : NULL;
         if (s == NULL || (cf->n_stop > 0 && m == NULL)) {
             fprintf(stderr, "bench_sampling: %s\n", err);

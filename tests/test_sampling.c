@@ -28,7 +28,7 @@ static int n_draws(void) {
 static struct sampler *make_sampler(const struct sampling_params *p, int32_t v,
                                     const int32_t *prompt, int32_t n_prompt) {
     char err[200];
-    struct sampler *s = sampler_create(p, 0, v, -1, prompt, n_prompt, err, sizeof(err));
+    struct sampler *s = sampler_create(p, 0, v, NULL, 0, prompt, n_prompt, err, sizeof(err));
     ck_assert_msg(s != NULL, "sampler_create: %s", err);
     return s;
 }
@@ -565,7 +565,8 @@ START_TEST(test_min_tokens_bans_eos_and_stop_ids_then_they_finish) {
     p.max_tokens = 10;
     sampling_params_add_stop_token_id(&p, 3);
     char err[100];
-    struct sampler *s = sampler_create(&p, 0, 5, 2, NULL, 0, err, sizeof(err));
+    struct sampler *s =
+        sampler_create(&p, 0, 5, (const int32_t[]){2}, 1, NULL, 0, err, sizeof(err));
     ck_assert_ptr_nonnull(s);
     struct sample_result out;
     for (int i = 0; i < 3; i++) {
@@ -580,14 +581,14 @@ START_TEST(test_min_tokens_bans_eos_and_stop_ids_then_they_finish) {
     sampler_destroy(s);
 
     p.min_tokens = 0;
-    s = sampler_create(&p, 0, 5, 2, NULL, 0, err, sizeof(err));
+    s = sampler_create(&p, 0, 5, (const int32_t[]){2}, 1, NULL, 0, err, sizeof(err));
     ck_assert_int_eq(sampler_accept(s, 3), SAMPLER_FINISH_STOP_TOKEN);
     sampler_destroy(s);
 
     /* ignore_eos: EOS ends nothing; max_tokens ends it with "length". */
     p.ignore_eos = true;
     p.max_tokens = 2;
-    s = sampler_create(&p, 0, 5, 2, NULL, 0, err, sizeof(err));
+    s = sampler_create(&p, 0, 5, (const int32_t[]){2}, 1, NULL, 0, err, sizeof(err));
     ck_assert_int_eq(sampler_accept(s, 2), SAMPLER_CONTINUE);
     ck_assert_int_eq(sampler_accept(s, 2), SAMPLER_FINISH_LENGTH);
     sampler_destroy(s);
@@ -602,10 +603,9 @@ START_TEST(test_every_end_token_ends_and_is_banned_by_min_tokens) {
     p.min_tokens = 4;
     p.max_tokens = 10;
     char err[100];
-    struct sampler *s = sampler_create(&p, 0, 6, 2, NULL, 0, err, sizeof(err));
+    const int32_t ends[] = {2, 4, 99};
+    struct sampler *s = sampler_create(&p, 0, 6, ends, 3, NULL, 0, err, sizeof(err));
     ck_assert_ptr_nonnull(s);
-    sampler_add_eos(s, 4);
-    sampler_add_eos(s, 99);
     struct sample_result out;
     for (int i = 0; i < 4; i++) {
         int32_t t = sampler_sample(s, l, &out);
@@ -615,12 +615,10 @@ START_TEST(test_every_end_token_ends_and_is_banned_by_min_tokens) {
     ck_assert_int_eq(sampler_accept(s, 4), SAMPLER_FINISH_EOS);
     sampler_destroy(s);
     p.min_tokens = 0;
-    s = sampler_create(&p, 0, 6, 2, NULL, 0, err, sizeof(err));
-    sampler_add_eos(s, 4);
+    s = sampler_create(&p, 0, 6, ends, 2, NULL, 0, err, sizeof(err));
     ck_assert_int_eq(sampler_accept(s, 2), SAMPLER_FINISH_EOS);
     sampler_destroy(s);
-    s = sampler_create(&p, 0, 6, 2, NULL, 0, err, sizeof(err));
-    sampler_add_eos(s, 4);
+    s = sampler_create(&p, 0, 6, ends, 2, NULL, 0, err, sizeof(err));
     ck_assert_int_eq(sampler_accept(s, 5), SAMPLER_CONTINUE);
     ck_assert_int_eq(sampler_accept(s, 4), SAMPLER_FINISH_EOS);
     sampler_destroy(s);
@@ -635,7 +633,7 @@ static void sample_sequence(uint64_t seed, int32_t i_choice, int32_t *out_ids, i
     p.temperature = 1.2f;
     p.frequency_penalty = 0.3f;
     char err[100];
-    struct sampler *s = sampler_create(&p, i_choice, V, -1, NULL, 0, err, sizeof(err));
+    struct sampler *s = sampler_create(&p, i_choice, V, NULL, 0, NULL, 0, err, sizeof(err));
     ck_assert_ptr_nonnull(s);
     struct sample_result out;
     for (int i = 0; i < n; i++) {
@@ -912,7 +910,7 @@ START_TEST(test_validate_refuses_out_of_range_with_param_name) {
     ck_assert(strlen(msg) > 0);
     /* sampler_create refuses the same params. */
     char err[200];
-    ck_assert_ptr_null(sampler_create(&p, 0, 1000, -1, NULL, 0, err, sizeof(err)));
+    ck_assert_ptr_null(sampler_create(&p, 0, 1000, NULL, 0, NULL, 0, err, sizeof(err)));
 }
 END_TEST
 

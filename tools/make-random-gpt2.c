@@ -60,10 +60,7 @@ static int build_tensors(const struct shape *s, struct tensor *t) {
     int n = 0;
     int64_t C = s->n_embd;
     float proj_std = 0.02f / sqrtf(2.0f * (float)s->n_layer);
-    if (s->is_llama) {
-        int64_t kv_dim = C / s->n_head * s->n_kv_head;
-        int64_t F = s->n_ffn;
-#define ADDL(NAME, D0, D1, MEAN, STD)                                                              \
+#define ADD(NAME, D0, D1, MEAN, STD)                                                               \
     do {                                                                                           \
         snprintf(t[n].name, sizeof(t[n].name), "%s", NAME);                                        \
         t[n].d0 = (D0);                                                                            \
@@ -72,7 +69,10 @@ static int build_tensors(const struct shape *s, struct tensor *t) {
         t[n].std = (STD);                                                                          \
         n++;                                                                                       \
     } while (0)
-        ADDL("model.embed_tokens.weight", s->n_vocab, C, 0.0f, 0.02f);
+    if (s->is_llama) {
+        int64_t kv_dim = C / s->n_head * s->n_kv_head;
+        int64_t F = s->n_ffn;
+        ADD("model.embed_tokens.weight", s->n_vocab, C, 0.0f, 0.02f);
         for (int32_t l = 0; l < s->n_layer; l++) {
             const struct {
                 const char *suffix;
@@ -90,22 +90,12 @@ static int build_tensors(const struct shape *s, struct tensor *t) {
             for (size_t i = 0; i < sizeof(per) / sizeof(per[0]); i++) {
                 char name[96];
                 snprintf(name, sizeof(name), "model.layers.%d.%s", l, per[i].suffix);
-                ADDL(name, per[i].d0, per[i].d1, per[i].mean, per[i].std);
+                ADD(name, per[i].d0, per[i].d1, per[i].mean, per[i].std);
             }
         }
-        ADDL("model.norm.weight", C, 0, 1.0f, 0.02f);
-#undef ADDL
+        ADD("model.norm.weight", C, 0, 1.0f, 0.02f);
         return n;
     }
-#define ADD(NAME, D0, D1, MEAN, STD)                                                               \
-    do {                                                                                           \
-        snprintf(t[n].name, sizeof(t[n].name), "%s", NAME);                                        \
-        t[n].d0 = (D0);                                                                            \
-        t[n].d1 = (D1);                                                                            \
-        t[n].mean = (MEAN);                                                                        \
-        t[n].std = (STD);                                                                          \
-        n++;                                                                                       \
-    } while (0)
     ADD("transformer.wte.weight", s->n_vocab, C, 0.0f, 0.02f);
     ADD("transformer.wpe.weight", s->n_ctx, C, 0.0f, 0.01f);
     for (int32_t l = 0; l < s->n_layer; l++) {

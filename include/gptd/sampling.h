@@ -178,24 +178,23 @@ enum sampler_finish {
 
 struct sampler;
 
+/* End tokens one sampler knows (models with several: Llama 3's <|eot_id|> and <|end_of_text|>). */
+#define SAMPLING_MAX_EOS 8
+
 /*
  * Creates the sampler of one sequence. Copies *p (which must have passed validation) and the
  * prompt's token counts; allocates every buffer sampler_sample needs (4 bytes per vocabulary
  * entry, 8 more when top_k/top_p/min_p/candidates is on, 9 more when a penalty is on, about
  * 20 KB besides). The RNG seed is p->seed + i_choice
  * when p->has_seed (i_choice = 0..n-1 for the n choices of one request), else a fresh
- * sampling_seed_random(). eos_token_id may be -1 (none). prompt_ids (n_prompt,) is borrowed for
- * the call only. Returns NULL (and a message in err) on allocation failure or bad arguments.
- * Engine thread.
+ * sampling_seed_random(). eos_ids (n_eos,) are the tokens that end the sequence (any of them;
+ * n_eos may be 0; ids outside the vocabulary are ignored, at most SAMPLING_MAX_EOS are kept).
+ * eos_ids and prompt_ids (n_prompt,) are borrowed for the call only. Returns NULL (and a message
+ * in err) on allocation failure or bad arguments. Engine thread.
  */
 struct sampler *sampler_create(const struct sampling_params *p, int32_t i_choice, int32_t n_vocab,
-                               int32_t eos_token_id, const int32_t *prompt_ids, int32_t n_prompt,
-                               char *err, size_t err_size);
-
-/* Makes token end the sequence too (models with several end tokens: Llama 3's <|eot_id|> and
- * <|end_of_text|>). At most SAMPLING_MAX_EOS in all; ids outside the vocabulary are ignored. */
-#define SAMPLING_MAX_EOS 8
-void sampler_add_eos(struct sampler *s, int32_t token);
+                               const int32_t *eos_ids, int32_t n_eos, const int32_t *prompt_ids,
+                               int32_t n_prompt, char *err, size_t err_size);
 
 /* NULL is a no-op. */
 void sampler_destroy(struct sampler *s);

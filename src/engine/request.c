@@ -49,11 +49,8 @@ static int seq_setup(struct engine *engine, struct engine_request *req, struct s
     if (sp.max_tokens == 0) {
         sp.max_tokens = 1; /* echo-only request: the sampler is never asked */
     }
-    seq->sampler = sampler_create(&sp, index, engine->n_vocab, engine->eos_id, req->prompt,
-                                  req->n_prompt, err, err_size);
-    for (int32_t i = 1; seq->sampler != NULL && i < engine->n_eos; i++) {
-        sampler_add_eos(seq->sampler, engine->eos_ids[i]);
-    }
+    seq->sampler = sampler_create(&sp, index, engine->n_vocab, engine->eos_ids, engine->n_eos,
+                                  req->prompt, req->n_prompt, err, err_size);
     seq->stop = stop_matcher_create(&sp);
     if (seq->sampler == NULL || seq->stop == NULL) {
         if (seq->stop == NULL) {

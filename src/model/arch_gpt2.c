@@ -37,9 +37,9 @@ static int gpt2_add_specs(const struct model_config_ext *ext, struct spec_list *
     int64_t F = cfg->n_inner;
     int64_t V = cfg->n_vocab;
     /* wte is the head's only copy when tied (packed), else a plain lookup table. */
-    int ok =
-        spec_add(list, ext->is_tied ? SPEC_PACK_OUT_IN : SPEC_PLAIN, "wte.weight", V, C) != NULL &&
-        spec_add(list, SPEC_PLAIN, "wpe.weight", cfg->n_ctx, C) != NULL;
+    int ok = spec_add(list, ext->config.is_tied ? SPEC_PACK_OUT_IN : SPEC_PLAIN, "wte.weight", V,
+                      C) != NULL &&
+             spec_add(list, SPEC_PLAIN, "wpe.weight", cfg->n_ctx, C) != NULL;
     for (int32_t l = 0; l < cfg->n_layer && ok; l++) {
         const struct {
             const char *suffix;
@@ -69,8 +69,8 @@ static int gpt2_add_specs(const struct model_config_ext *ext, struct spec_list *
     ok = ok && spec_add(list, SPEC_PLAIN, "ln_f.weight", C, 0) != NULL &&
          spec_add(list, SPEC_PLAIN, "ln_f.bias", C, 0) != NULL &&
          /* Tied: a file may still carry lm_head.weight (a copy of wte); accept and ignore it. */
-         spec_add(list, ext->is_tied ? SPEC_IGNORED : SPEC_PACK_OUT_IN, "lm_head.weight", V, C) !=
-             NULL;
+         spec_add(list, ext->config.is_tied ? SPEC_IGNORED : SPEC_PACK_OUT_IN, "lm_head.weight", V,
+                  C) != NULL;
     if (!ok) {
         snprintf(err, err_size, "out of memory");
         return -1;
@@ -97,8 +97,8 @@ static void gpt2_bind(struct model *m, const struct spec *specs, const unsigned 
 #define AT(i) ((const void *)(w + specs[(i)].offset))
     int32_t L = m->config.n_layer;
     int32_t last = 2 + G_PER_LAYER * L;
-    m->wte = m->ext.is_tied ? NULL : AT(0);
-    m->lm_head = AT(m->ext.is_tied ? 0 : last + 2);
+    m->wte = m->config.is_tied ? NULL : AT(0);
+    m->lm_head = AT(m->config.is_tied ? 0 : last + 2);
     m->wpe = AT(1);
     for (int32_t l = 0; l < L; l++) {
         int32_t b = 2 + G_PER_LAYER * l;

@@ -29,7 +29,7 @@ static int llama_add_specs(const struct model_config_ext *ext, struct spec_list 
     int64_t q_dim = (int64_t)cfg->n_head * cfg->head_dim;
     int64_t kv_dim = (int64_t)cfg->n_kv_head * cfg->head_dim;
     char name[96];
-    int ok = spec_add(list, ext->is_tied ? SPEC_PACK_OUT_IN : SPEC_PLAIN,
+    int ok = spec_add(list, ext->config.is_tied ? SPEC_PACK_OUT_IN : SPEC_PLAIN,
                       "model.embed_tokens.weight", V, C) != NULL;
     for (int32_t l = 0; l < cfg->n_layer && ok; l++) {
         char p[48];
@@ -78,8 +78,8 @@ static int llama_add_specs(const struct model_config_ext *ext, struct spec_list 
     }
     ok = ok && spec_add(list, SPEC_PLAIN, "model.norm.weight", C, 0) != NULL &&
          /* Tied: a file may still carry lm_head.weight (a copy); accept and ignore it. */
-         spec_add(list, ext->is_tied ? SPEC_IGNORED : SPEC_PACK_OUT_IN, "lm_head.weight", V, C) !=
-             NULL;
+         spec_add(list, ext->config.is_tied ? SPEC_IGNORED : SPEC_PACK_OUT_IN, "lm_head.weight", V,
+                  C) != NULL;
     if (!ok) {
         snprintf(err, err_size, "out of memory");
         return -1;
@@ -102,7 +102,7 @@ static void llama_bind(struct model *m, const struct spec *specs, const unsigned
     int32_t i = 0;
 #define NEXT() ((const void *)(w + specs[i++].offset))
     const void *embed = NEXT();
-    m->wte = ext->is_tied ? NULL : embed;
+    m->wte = ext->config.is_tied ? NULL : embed;
     for (int32_t l = 0; l < m->config.n_layer; l++) {
         struct layer_weights *lw = &m->layers[l];
         lw->norm1_w = NEXT();
@@ -119,7 +119,7 @@ static void llama_bind(struct model *m, const struct spec *specs, const unsigned
     m->normf_w = NEXT();
     m->normf_b = NULL; /* RMSNorm */
     const void *head = NEXT();
-    m->lm_head = ext->is_tied ? embed : head;
+    m->lm_head = ext->config.is_tied ? embed : head;
 #undef NEXT
 }
 

@@ -191,7 +191,7 @@ static int parse_gpt2(const cJSON *root, const char *path, struct model_config_e
             return -1;
         }
     }
-    out->is_tied = get_bool(root, "tie_word_embeddings", 1);
+    c->is_tied = get_bool(root, "tie_word_embeddings", 1);
     return 0;
 }
 
@@ -324,7 +324,7 @@ static int parse_llama(const cJSON *root, const char *type, const char *path,
         return -1;
     }
     c->is_scale_attn_weights = 1;
-    out->is_tied = get_bool(root, "tie_word_embeddings", 0);
+    c->is_tied = get_bool(root, "tie_word_embeddings", 0);
     int is_qwen2 = strcmp(type, "qwen2") == 0;
     /* Qwen2 always has q/k/v biases and none on o_proj; Llama and Mistral say attention_bias. */
     out->has_qkv_bias = is_qwen2 ? 1 : get_bool(root, "attention_bias", 0);
@@ -390,7 +390,6 @@ int config_parse(const char *json_text, size_t json_bytes, const char *path,
     }
     rc = -1;
     snprintf(c->model_type, sizeof(c->model_type), "%s", t);
-    c->is_tied = out->is_tied;
     if (out->n_ctx_file == 0) {
         out->n_ctx_file = c->n_ctx;
     }

@@ -19,7 +19,6 @@ enum rope_scaling {
 /* The public config plus what only the loader needs. */
 struct model_config_ext {
     struct model_config config;
-    int is_tied;        /* tie_word_embeddings: lm_head is the token embedding */
     int has_qkv_bias;   /* Llama family: q/k/v projections carry biases (qwen2; attention_bias) */
     int has_o_bias;     /* ... and the output projection (attention_bias) */
     int has_mlp_bias;   /* gate/up/down carry biases (mlp_bias) */

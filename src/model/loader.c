@@ -177,8 +177,8 @@ static void put_packed(const struct st_tensor *t, size_t i, enum kernel_wtype wt
     ((uint16_t *)dst)[j] = h;
 }
 
-/* Copies (and packs) one spec. Fails only when narrowing to F16 turns a finite weight into an
- * infinity (|w| > 65504), which would compute garbage. */
+/* Copies (and packs) one spec. Fails only when narrowing to F16 would turn a weight into an
+ * infinity, naming the tensor. */
 static int convert_spec(const struct spec *s, enum kernel_wtype wt, void *dst, char *err,
                         size_t err_size) {
     if (s->layout == SPEC_PLAIN || s->layout == SPEC_PLAIN_SWIGLU) {
@@ -196,6 +196,20 @@ static int convert_spec(const struct spec *s, enum kernel_wtype wt, void *dst, c
             at += t->n_elements;
         }
         return 0;
+    }
+    /* Narrowing to F16 must not turn a weight into an infinity (|w| > 65504): it would compute
+     * garbage. A checkpoint's own F16 weights are kept as they are. */
+    for (int32_t i = 0; i < s->n_parts && wt == KERNEL_W_F16; i++) {
+        const struct st_tensor *t = s->part[i].tensor;
+        for (size_t e = 0; e < t->n_elements && t->dtype != ST_DTYPE_F16; e++) {
+            if (isinf(half_f16_to_f32(half_f32_to_f16(st_tensor_get(t, e))))) {
+                snprintf(err, err_size,
+                         "%s: tensor '%s' has weights beyond float16's range (65504); "
+                         "load it as f32 or bf16",
+                         s->part[i].file, t->name);
+                return -1;
+            }
+        }
     }
     memset(dst, 0, s->n_elements * kernel_wtype_size(wt)); /* zero padding */
     int32_t k_dim = s->k;
@@ -220,17 +234,6 @@ static int convert_spec(const struct spec *s, enum kernel_wtype wt, void *dst, c
             }
         }
         col0 += n_dim;
-    }
-    if (wt == KERNEL_W_F16) {
-        for (size_t i = 0; i < s->n_elements; i++) {
-            if (isinf(kernel_packed_get(wt, dst, i))) {
-                snprintf(err, err_size,
-                         "%s: tensor '%s' has weights beyond float16's range (65504); "
-                         "load it as f32 or bf16",
-                         s->part[0].file, s->part[0].tensor->name);
-                return -1;
-            }
-        }
     }
     return 0;
 }
@@ -372,10 +375,6 @@ int model_weights_parse(const char *text, enum model_weights *out) {
 struct model *model_load(const char *dir, char *err, size_t err_size) {
     return model_load_with(dir, MODEL_WEIGHTS_AUTO, err, err_size);
 }
-
-/* Implemented in model.c: the process-wide compute pool, and the end of loading. */
-int model_finish_load(struct model *model, const char *dir, int32_t n_files, const char *dtype,
-                      char *err, size_t err_size);
 
 struct model *model_load_with(const char *dir, enum model_weights weights, char *err,
                               size_t err_size) {

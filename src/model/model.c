@@ -95,10 +95,6 @@ void model_set_threads(int n_threads) {
 }
 
 int model_finish_load(struct model *model, const char *dir, int32_t n_files, const char *dtype,
-                      char *err, size_t err_size);
-
-/* The end of model_load_with (loader.c): the architecture's tables, the ISA and the pool. */
-int model_finish_load(struct model *model, const char *dir, int32_t n_files, const char *dtype,
                       char *err, size_t err_size) {
     const struct model_config *cfg = &model->config;
     model->isa = kernel_isa_best();

@@ -101,6 +101,11 @@ struct model {
     bool holds_pool; /* counted in the process-wide pool's users (model.c) */
 };
 
+/* The end of model_load_with (loader.c calls it; model.c has it): the architecture's tables,
+ * the kernel ISA, the process-wide pool, the start-up log line. 0, or -1 + err. */
+int model_finish_load(struct model *model, const char *dir, int32_t n_files, const char *dtype,
+                      char *err, size_t err_size);
+
 /* ---- forward-pass state and helpers (model.c) ------------------------------------------ */
 
 struct model_scratch {

@@ -76,11 +76,24 @@ static void set_err(char *err, size_t err_size, const char *msg) {
     }
 }
 
+/* Makes token end the sequence too; duplicates and ids outside the vocabulary are ignored. */
+static void add_eos(struct sampler *s, int32_t token) {
+    if (token < 0 || token >= s->n_vocab || s->n_eos == SAMPLING_MAX_EOS) {
+        return;
+    }
+    for (int32_t i = 0; i < s->n_eos; i++) {
+        if (s->eos_ids[i] == token) {
+            return;
+        }
+    }
+    s->eos_ids[s->n_eos++] = token;
+}
+
 struct sampler *sampler_create(const struct sampling_params *p, int32_t i_choice, int32_t n_vocab,
-                               int32_t eos_token_id, const int32_t *prompt_ids, int32_t n_prompt,
-                               char *err, size_t err_size) {
+                               const int32_t *eos_ids, int32_t n_eos, const int32_t *prompt_ids,
+                               int32_t n_prompt, char *err, size_t err_size) {
     if (p == NULL || n_vocab <= 0 || n_prompt < 0 || (n_prompt > 0 && prompt_ids == NULL) ||
-        i_choice < 0) {
+        i_choice < 0 || n_eos < 0 || (n_eos > 0 && eos_ids == NULL)) {
         set_err(err, err_size, "sampler_create: bad arguments");
         return NULL;
     }
@@ -96,7 +109,9 @@ struct sampler *sampler_create(const struct sampling_params *p, int32_t i_choice
     }
     s->params = *p;
     s->n_vocab = n_vocab;
-    sampler_add_eos(s, eos_token_id);
+    for (int32_t i = 0; i < n_eos; i++) {
+        add_eos(s, eos_ids[i]);
+    }
     s->seed = p->has_seed ? p->seed + (uint64_t)i_choice : sampling_seed_random();
     rng_seed(&s->rng, s->seed);
     s->has_filters = (p->top_k > 0 && p->top_k < n_vocab) || p->top_p < 1.0f || p->min_p > 0.0f ||
@@ -166,18 +181,6 @@ int32_t sampler_n_generated(const struct sampler *s) {
 
 uint64_t sampler_seed(const struct sampler *s) {
     return s->seed;
-}
-
-void sampler_add_eos(struct sampler *s, int32_t token) {
-    if (token < 0 || token >= s->n_vocab || s->n_eos == SAMPLING_MAX_EOS) {
-        return;
-    }
-    for (int32_t i = 0; i < s->n_eos; i++) {
-        if (s->eos_ids[i] == token) {
-            return;
-        }
-    }
-    s->eos_ids[s->n_eos++] = token;
 }
 
 static bool is_eos(const struct sampler *s, int32_t token) {
