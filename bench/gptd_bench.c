@@ -1,5 +1,7 @@
 /*
- * gptd_bench.c: gptd-bench, a load generator for any OpenAI-compatible /v1/completions server.
+ * gptd_bench.c: gptd-bench, a load generator for any OpenAI-compatible /v1/completions server
+ * (or, with --chat, /v1/chat/completions: the prompt goes as one user message, as words; a
+ * dataset line's "prompt" may then also be a whole "messages" list).
  *
  * Drives streaming completions closed-loop (--concurrency N requests in flight) or open-loop
  * (--rate R Poisson arrivals per second, optionally capped by --concurrency), bounded by
@@ -33,7 +35,7 @@
     "A[:B]]\n"                                                                                     \
     "                  [--dataset FILE.jsonl] [--prompt-text] [--ignore-eos] [--temperature T]\n"  \
     "                  [--model NAME] [--api-key KEY] [--seed S] [--request-timeout S]\n"          \
-    "                  [--json FILE|-] [--quiet]\n"
+    "                  [--json FILE|-] [--quiet] [--chat]\n"
 
 struct range {
     int32_t lo, hi;
@@ -56,6 +58,7 @@ struct options {
     long request_timeout_s;
     const char *json_out;
     int is_quiet;
+    int is_chat; /* POST /v1/chat/completions with the prompt as one user message */
 };
 
 struct dataset_entry {
@@ -178,14 +181,24 @@ static char *make_body(long i) {
     }
     if (n_dataset > 0) {
         const struct dataset_entry *d = &dataset[(size_t)i % n_dataset];
-        cJSON_AddItemToObject(body, "prompt", cJSON_Parse(d->prompt_json));
+        cJSON *prompt = cJSON_Parse(d->prompt_json);
+        if (opt.is_chat && cJSON_IsString(prompt)) {
+            cJSON *msgs = cJSON_AddArrayToObject(body, "messages");
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "role", "user");
+            cJSON_AddItemToObject(m, "content", prompt);
+            cJSON_AddItemToArray(msgs, m);
+        } else {
+            /* a completion prompt, or (--chat) a "messages" list given as the prompt */
+            cJSON_AddItemToObject(body, opt.is_chat ? "messages" : "prompt", prompt);
+        }
         if (d->max_tokens > 0) {
             max_tokens = d->max_tokens;
         }
     } else {
         int32_t n = range_pick(opt.prompt_tokens);
         n = n > 0 ? n : 1;
-        if (opt.is_prompt_text) {
+        if (opt.is_prompt_text || opt.is_chat) {
             static const char *const words[] = {"the",  "cat", "sat", "on",   "a",    "mat", "and",
                                                 "then", "it",  "ran", "away", "from", "home"};
             size_t cap = (size_t)n * 8 + 1, len = 0;
@@ -194,7 +207,14 @@ static char *make_body(long i) {
                 len += (size_t)snprintf(text + len, cap - len, "%s%s", k ? " " : "",
                                         words[rng_next() % 13]);
             }
-            cJSON_AddStringToObject(body, "prompt", text != NULL ? text : "hello");
+            if (opt.is_chat) {
+                cJSON *m = cJSON_CreateObject();
+                cJSON_AddStringToObject(m, "role", "user");
+                cJSON_AddStringToObject(m, "content", text != NULL ? text : "hello");
+                cJSON_AddItemToArray(cJSON_AddArrayToObject(body, "messages"), m);
+            } else {
+                cJSON_AddStringToObject(body, "prompt", text != NULL ? text : "hello");
+            }
             free(text);
         } else {
             cJSON *ids = cJSON_AddArrayToObject(body, "prompt");
@@ -240,7 +260,15 @@ static int on_event(void *ctx, const char *data, size_t len) {
                  cJSON_IsString(msg) ? msg->valuestring : "error event");
     }
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(json, "choices");
-    if (cJSON_GetArraySize(choices) > 0) {
+    const cJSON *choice = cJSON_GetArrayItem(choices, 0);
+    /* Chat: the chunk that opens a choice carries only the role; it comes with the first token
+     * and is not an arrival of its own (it would add a 0 ms inter-token gap). */
+    const cJSON *delta = cJSON_GetObjectItemCaseSensitive(choice, "delta");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(delta, "content");
+    bool is_role_only = opt.is_chat &&
+                        cJSON_IsString(cJSON_GetObjectItemCaseSensitive(delta, "role")) &&
+                        !(cJSON_IsString(content) && content->valuestring[0] != '\0');
+    if (choice != NULL && !is_role_only) {
         /* vLLM counts every chunk that carries choices as one arrival. */
         if (r->rec->t_first_us == 0) {
             r->rec->t_first_us = t;
@@ -285,7 +313,8 @@ static struct request *request_start(CURLM *multi, struct request_record *rec, l
         r->headers = curl_slist_append(r->headers, auth);
     }
     char url[600];
-    snprintf(url, sizeof(url), "%s/v1/completions", opt.url);
+    snprintf(url, sizeof(url), "%s%s", opt.url,
+             opt.is_chat ? "/v1/chat/completions" : "/v1/completions");
     curl_easy_setopt(r->easy, CURLOPT_URL, url);
     curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->body);
@@ -398,6 +427,8 @@ static int parse_args(int argc, char **argv) {
         } else if (strcmp(a, "--dataset") == 0) {
             TAKES_VALUE();
             opt.dataset = v;
+        } else if (strcmp(a, "--chat") == 0) {
+            opt.is_chat = 1;
         } else if (strcmp(a, "--prompt-text") == 0) {
             opt.is_prompt_text = 1;
         } else if (strcmp(a, "--ignore-eos") == 0) {

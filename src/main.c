@@ -24,6 +24,7 @@ static const struct command commands[] = {
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"detokenize", cmd_detokenize, "print the text of a JSON array of token ids"},
     {"serve", cmd_serve, "run the OpenAI-compatible HTTP server"},
+    {"template", cmd_template, "render chat messages with the model's chat template"},
     {"help", cmd_help, "print this help"},
 };
 

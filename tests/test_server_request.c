@@ -1,7 +1,8 @@
 /*
- * test_server_request.c: request parsing and validation of POST /v1/completions without HTTP or
- * a model: docs/RELIABILITY.md's catalogue B (framing and JSON) and F (fields) rows that need no
- * model, as one table, plus the field values that valid requests must carry.
+ * test_server_request.c: request parsing and validation of POST /v1/completions and
+ * /v1/chat/completions without HTTP or a model: docs/RELIABILITY.md's catalogue B (framing and
+ * JSON) and F (fields) rows that need no model, as tables, plus the field values that valid
+ * requests must carry.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +365,157 @@ START_TEST(test_request_parse_tokenize_and_detokenize_bodies) {
 }
 END_TEST
 
+/* POST /v1/chat/completions bodies: the chat fields' rules (the sampling fields are the
+ * completion table's, shared code). */
+#define USER "{\"role\":\"user\",\"content\":\"hi there\"}"
+static const struct parse_case chat_cases[] = {
+    OK("chat minimal", "{\"messages\":[" USER "]}"),
+    OK("chat every role",
+       "{\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"developer\","
+       "\"content\":\"d\"}," USER ",{\"role\":\"assistant\",\"content\":null,\"tool_calls\":"
+       "[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":"
+       "\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"r\"}]}"),
+    OK("chat text parts",
+       "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"}]}]}"),
+    OK("chat null fields are defaults",
+       "{\"messages\":[" USER "],\"tools\":null,\"tool_choice\":null,\"top_logprobs\":null}"),
+    OK("chat tools", "{\"messages\":[" USER "],\"tools\":[{\"type\":\"function\",\"function\":"
+                     "{\"name\":\"f\",\"parameters\":{}}}],\"tool_choice\":\"auto\"}"),
+    OK("chat response_format text", "{\"messages\":[" USER "],\"response_format\":{\"type\":"
+                                    "\"text\"}}"),
+    OK("chat kwargs", "{\"messages\":[" USER "],\"chat_template_kwargs\":{\"enable_thinking\":"
+                      "false}}"),
+    OK("chat prompt field ignored", "{\"messages\":[" USER "],\"prompt\":42,\"echo\":7}"),
+    BAD("chat no messages", "{\"model\":\"m\"}", "missing_parameter", "messages"),
+    BAD("chat messages not a list", "{\"messages\":\"hi there\"}", "invalid_type", "messages"),
+    BAD("chat empty messages", "{\"messages\":[]}", "invalid_value", "messages"),
+    BAD("chat message not an object", "{\"messages\":[\"hi there\"]}", "invalid_type", "messages"),
+    BAD("chat unknown role", "{\"messages\":[{\"role\":\"there\",\"content\":\"x\"}]}",
+        "invalid_value", "messages"),
+    BAD("chat role not a string", "{\"messages\":[{\"role\":1,\"content\":\"x\"}]}", "invalid_type",
+        "messages"),
+    BAD("chat user without content", "{\"messages\":[{\"role\":\"user\"}]}", "missing_parameter",
+        "messages"),
+    BAD("chat null user content", "{\"messages\":[{\"role\":\"user\",\"content\":null}]}",
+        "missing_parameter", "messages"),
+    BAD("chat numeric content", "{\"messages\":[{\"role\":\"user\",\"content\":1}]}",
+        "invalid_type", "messages"),
+    BAD("chat image part",
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":"
+        "{\"url\":\"there\"}}]}]}",
+        "unsupported_content_type", "messages"),
+    BAD("chat unknown part",
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"there\"}]}]}",
+        "unsupported_content_type", "messages"),
+    BAD("chat part without text",
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}", "invalid_type",
+        "messages"),
+    BAD("chat tool_calls on a user",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\","
+        "\"tool_calls\":[]}]}",
+        "invalid_type", "messages"),
+    BAD("chat tool call without a name",
+        "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":"
+        "[{\"function\":{\"arguments\":\"{}\"}}]}]}",
+        "invalid_type", "messages"),
+    BAD("chat tools not a list", "{\"messages\":[" USER "],\"tools\":{}}", "invalid_type", "tools"),
+    BAD("chat tool without a function", "{\"messages\":[" USER "],\"tools\":[{\"type\":\"x\"}]}",
+        "invalid_type", "tools"),
+    BAD("chat tool_choice required", "{\"messages\":[" USER "],\"tool_choice\":\"required\"}",
+        "unsupported_parameter", "tool_choice"),
+    BAD("chat tool_choice named",
+        "{\"messages\":[" USER "],\"tool_choice\":{\"type\":\"function\"}}",
+        "unsupported_parameter", "tool_choice"),
+    BAD("chat tool_choice other", "{\"messages\":[" USER "],\"tool_choice\":\"there\"}",
+        "invalid_type", "tool_choice"),
+    BAD("chat response_format json",
+        "{\"messages\":[" USER "],\"response_format\":{\"type\":"
+        "\"json_object\"}}",
+        "unsupported_parameter", "response_format"),
+    BAD("chat response_format string", "{\"messages\":[" USER "],\"response_format\":\"text\"}",
+        "invalid_type", "response_format"),
+    BAD("chat kwargs not an object", "{\"messages\":[" USER "],\"chat_template_kwargs\":[]}",
+        "invalid_type", "chat_template_kwargs"),
+    BAD("chat logprobs is a flag", "{\"messages\":[" USER "],\"logprobs\":3}", "invalid_type",
+        "logprobs"),
+    BAD("chat top_logprobs needs logprobs", "{\"messages\":[" USER "],\"top_logprobs\":2}",
+        "invalid_value", "top_logprobs"),
+    BAD("chat top_logprobs over 20",
+        "{\"messages\":[" USER "],\"logprobs\":true,\"top_logprobs\":21}", "invalid_value",
+        "top_logprobs"),
+    BAD("chat max_completion_tokens 0", "{\"messages\":[" USER "],\"max_completion_tokens\":0}",
+        "invalid_value", "max_completion_tokens"),
+    BAD("chat agp and continue", "{\"messages\":[" USER "],\"continue_final_message\":true}",
+        "invalid_value", "continue_final_message"),
+    BAD("chat agp not a bool", "{\"messages\":[" USER "],\"add_generation_prompt\":1}",
+        "invalid_type", "add_generation_prompt"),
+    BAD("chat temperature", "{\"messages\":[" USER "],\"temperature\":3}", "invalid_value",
+        "temperature"),
+};
+
+START_TEST(test_chat_parse_table_gives_expected_status_code_and_param) {
+    const struct parse_case *c = &chat_cases[_i];
+    struct request_limits lim;
+    limits(&lim);
+    struct completion_request r;
+    struct api_error err;
+    memset(&err, 0, sizeof(err));
+    int rc = server_request_parse_chat(c->body, strlen(c->body), &lim, "gpt2", &r, &err);
+    if (c->status == 0) {
+        ck_assert_msg(rc == 0, "%s: expected success, got %s (%s)", c->name,
+                      err.code ? err.code : "?", err.message);
+        ck_assert(r.is_chat);
+        ck_assert_uint_eq(r.n_prompts, 1);
+        ck_assert_ptr_null(r.prompts[0].text); /* rendered later, by the template */
+        server_request_finish(&r);
+        return;
+    }
+    ck_assert_msg(rc == -1, "%s: expected an error", c->name);
+    ck_assert_int_eq(err.status, c->status);
+    ck_assert_msg(err.code != NULL && strcmp(err.code, c->code) == 0, "%s: code %s, want %s (%s)",
+                  c->name, err.code ? err.code : "null", c->code, err.message);
+    ck_assert_msg(err.param != NULL && strcmp(err.param, c->param) == 0, "%s: param %s, want %s",
+                  c->name, err.param ? err.param : "null", c->param);
+    ck_assert_ptr_null(strstr(err.message, "there")); /* request bytes are never echoed */
+    ck_assert_uint_eq(r.n_prompts, 0);
+}
+END_TEST
+
+START_TEST(test_chat_parse_fills_chat_fields) {
+    struct request_limits lim;
+    limits(&lim);
+    struct completion_request r;
+    struct api_error err;
+    const char *b1 = "{\"messages\":[" USER "]}";
+    ck_assert_int_eq(server_request_parse_chat(b1, strlen(b1), &lim, "gpt2", &r, &err), 0);
+    /* No max_tokens: the rest of the context, decided after tokenizing. */
+    ck_assert(r.max_tokens_auto);
+    ck_assert(r.add_generation_prompt);
+    ck_assert(!r.continue_final_message);
+    ck_assert_int_eq(r.sampling.logprobs, -1);
+    ck_assert(!r.echo);
+    server_request_finish(&r);
+
+    const char *b2 = "{\"messages\":[" USER "],\"max_tokens\":9,\"max_completion_tokens\":5,"
+                     "\"logprobs\":true,\"top_logprobs\":4,\"add_generation_prompt\":false,"
+                     "\"continue_final_message\":true,\"n\":2,\"stream\":true}";
+    ck_assert_int_eq(server_request_parse_chat(b2, strlen(b2), &lim, "gpt2", &r, &err), 0);
+    ck_assert(!r.max_tokens_auto);
+    ck_assert_int_eq(r.max_tokens, 5); /* max_completion_tokens wins */
+    ck_assert_int_eq(r.sampling.logprobs, 4);
+    ck_assert(!r.add_generation_prompt);
+    ck_assert(r.continue_final_message);
+    ck_assert_int_eq(r.n, 2);
+    ck_assert(r.stream);
+    server_request_finish(&r);
+
+    const char *b3 = "{\"messages\":[" USER "],\"logprobs\":true}";
+    ck_assert_int_eq(server_request_parse_chat(b3, strlen(b3), &lim, "gpt2", &r, &err), 0);
+    ck_assert_int_eq(r.sampling.logprobs, 0); /* the chosen token's logprob, no alternatives */
+    server_request_finish(&r);
+}
+END_TEST
+
 Suite *server_request_suite(void) {
     Suite *s = suite_create("server_request");
     TCase *tc = tcase_create("parse");
@@ -375,6 +527,9 @@ Suite *server_request_suite(void) {
     tcase_add_test(tc, test_request_parse_refuses_deep_nesting);
     tcase_add_test(tc, test_request_parse_refuses_huge_objects);
     tcase_add_test(tc, test_request_parse_tokenize_and_detokenize_bodies);
+    tcase_add_loop_test(tc, test_chat_parse_table_gives_expected_status_code_and_param, 0,
+                        (int)(sizeof(chat_cases) / sizeof(chat_cases[0])));
+    tcase_add_test(tc, test_chat_parse_fills_chat_fields);
     suite_add_tcase(s, tc);
     return s;
 }

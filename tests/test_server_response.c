@@ -1,6 +1,7 @@
 /*
- * test_server_response.c: the JSON the server writes — error objects, text_completion bodies,
- * SSE chunks — built from hand-made engine events, checked by parsing them back with cJSON.
+ * test_server_response.c: the JSON the server writes — error objects, text_completion and
+ * chat.completion bodies, SSE chunks — built from hand-made engine events, checked by parsing
+ * them back with cJSON.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@ static const char *fake_token_text(void *ctx, int32_t id, size_t *len) {
 static struct completion_builder *make(int32_t n_prompts, int32_t n, int32_t best_of,
                                        int32_t logprobs, bool echo, bool stream, bool usage) {
     struct completion_meta meta;
-    completion_meta_init(&meta, "gpt2-test", "fp_gptd");
+    completion_meta_init(&meta, false, "gpt2-test", "fp_gptd");
     struct completion_builder_config cfg = {
         .n_prompts = n_prompts,
         .n = n,
@@ -40,6 +41,28 @@ static struct completion_builder *make(int32_t n_prompts, int32_t n, int32_t bes
     };
     struct completion_builder *b = completion_builder_create(&meta, &cfg);
     ck_assert_ptr_nonnull(b);
+    return b;
+}
+
+/* A chat builder (chat.completion objects) with one prompt. */
+static struct completion_builder *make_chat(int32_t n, int32_t logprobs, bool stream) {
+    struct completion_meta meta;
+    completion_meta_init(&meta, true, "chat-test", "fp_gptd");
+    struct completion_builder_config cfg = {
+        .n_prompts = 1,
+        .n = n,
+        .best_of = n,
+        .logprobs = logprobs,
+        .stream = stream,
+        .include_usage = stream,
+        .chat = true,
+        .eos_id = 6,
+        .token_text = fake_token_text,
+    };
+    struct completion_builder *b = completion_builder_create(&meta, &cfg);
+    ck_assert_ptr_nonnull(b);
+    int32_t ids[] = {0, 1};
+    ck_assert_int_eq(completion_builder_set_prompt(b, 0, "", 0, ids, 2), 0);
     return b;
 }
 
@@ -314,6 +337,136 @@ START_TEST(test_response_stream_chunks_join_to_text_and_end_with_usage_and_done)
 }
 END_TEST
 
+START_TEST(test_response_chat_body_has_message_and_chat_logprobs) {
+    struct completion_builder *b = make_chat(1, 2, false);
+    struct engine_event ev = token_ev(0, 2, " world", -0.25f);
+    ck_assert_int_eq(completion_builder_event(b, 0, &ev, NULL), 0);
+    ev = token_ev(0, 3, "", -0.5f); /* half of the euro sign: bytes only */
+    ck_assert_int_eq(completion_builder_event(b, 0, &ev, NULL), 0);
+    ev = token_ev(0, 4, "\xe2\x82\xac", -0.75f);
+    ck_assert_int_eq(completion_builder_event(b, 0, &ev, NULL), 0);
+    ev = finish_ev(0, ENGINE_FINISH_STOP, "", 6, 3, -1.5);
+    ev.is_eos = true;
+    ck_assert_int_eq(completion_builder_event(b, 0, &ev, NULL), 0);
+    struct sbuf out;
+    sbuf_init(&out);
+    completion_builder_body(b, &out);
+    cJSON *j = parse_body(&out);
+    ck_assert_str_eq(get(j, "object")->valuestring, "chat.completion");
+    ck_assert(strncmp(get(j, "id")->valuestring, "chatcmpl-", 9) == 0);
+    const cJSON *c = cJSON_GetArrayItem(get(j, "choices"), 0);
+    ck_assert_int_eq(get(c, "index")->valueint, 0);
+    ck_assert_ptr_null(cJSON_GetObjectItemCaseSensitive(c, "text"));
+    const cJSON *msg = get(c, "message");
+    ck_assert_str_eq(get(msg, "role")->valuestring, "assistant");
+    ck_assert_str_eq(get(msg, "content")->valuestring, " world\xe2\x82\xac");
+    ck_assert_str_eq(get(c, "finish_reason")->valuestring, "stop");
+    ck_assert(cJSON_IsNull(get(c, "stop_reason"))); /* an end token of the model */
+    const cJSON *content = get(get(c, "logprobs"), "content");
+    ck_assert_int_eq(cJSON_GetArraySize(content), 3);
+    const cJSON *t1 = cJSON_GetArrayItem(content, 1);
+    ck_assert_str_eq(get(t1, "token")->valuestring, "\xef\xbf\xbd"); /* a lone byte: U+FFFD */
+    ck_assert_double_eq_tol(get(t1, "logprob")->valuedouble, -0.5, 1e-6);
+    const cJSON *bytes = get(t1, "bytes"); /* ...but its bytes are exact */
+    ck_assert_int_eq(cJSON_GetArraySize(bytes), 2);
+    ck_assert_int_eq(cJSON_GetArrayItem(bytes, 0)->valueint, 0xe2);
+    ck_assert_int_eq(cJSON_GetArrayItem(bytes, 1)->valueint, 0x82);
+    const cJSON *top = get(t1, "top_logprobs");
+    ck_assert_int_eq(cJSON_GetArraySize(top), 2);
+    ck_assert_str_eq(get(cJSON_GetArrayItem(top, 1), "token")->valuestring, "!");
+    ck_assert_double_eq_tol(get(cJSON_GetArrayItem(top, 1), "logprob")->valuedouble, -1.5, 1e-6);
+    ck_assert_int_eq(cJSON_GetArraySize(get(cJSON_GetArrayItem(top, 1), "bytes")), 1);
+    ck_assert_int_eq(get(get(j, "usage"), "prompt_tokens")->valueint, 2);
+    ck_assert_int_eq(get(get(j, "usage"), "completion_tokens")->valueint, 3);
+    cJSON_Delete(j);
+    sbuf_finish(&out);
+    completion_builder_destroy(b);
+
+    /* Without logprobs: null, and top_logprobs 0 gives empty lists. */
+    b = make_chat(1, -1, false);
+    ev = token_ev(0, 0, "Hel", -0.1f);
+    completion_builder_event(b, 0, &ev, NULL);
+    ev = finish_ev(0, ENGINE_FINISH_LENGTH, "", -1, 1, -0.1);
+    completion_builder_event(b, 0, &ev, NULL);
+    sbuf_init(&out);
+    completion_builder_body(b, &out);
+    j = parse_body(&out);
+    ck_assert(cJSON_IsNull(get(cJSON_GetArrayItem(get(j, "choices"), 0), "logprobs")));
+    cJSON_Delete(j);
+    sbuf_finish(&out);
+    completion_builder_destroy(b);
+}
+END_TEST
+
+START_TEST(test_response_chat_stream_opens_with_role_and_closes_with_finish) {
+    struct completion_builder *b = make_chat(2, 0, true);
+    struct sbuf sse;
+    sbuf_init(&sse);
+    struct engine_event ev = token_ev(0, 0, "Hel", -0.5f);
+    completion_builder_event(b, 0, &ev, &sse);
+    ev = token_ev(1, 2, " world", -0.5f);
+    completion_builder_event(b, 0, &ev, &sse);
+    ev = token_ev(0, 1, "lo", -0.5f);
+    completion_builder_event(b, 0, &ev, &sse);
+    ev = finish_ev(0, ENGINE_FINISH_STOP, "lo!", -1, 2, -1.0);
+    completion_builder_event(b, 0, &ev, &sse);
+    ev = finish_ev(1, ENGINE_FINISH_LENGTH, "", -1, 1, -0.5);
+    completion_builder_event(b, 0, &ev, &sse);
+    ck_assert(completion_builder_is_done(b));
+    completion_builder_stream_end(b, &sse);
+    char *payloads[16];
+    int n = sse_payloads(sse.data, payloads, 16);
+    /* per choice: role, its tokens, finish; then usage and [DONE] */
+    ck_assert_int_eq(n, 2 + 3 + 2 + 2);
+    ck_assert_str_eq(payloads[n - 1], "[DONE]");
+    char content[2][64] = {"", ""};
+    int state[2] = {0, 0}; /* 0 nothing yet, 1 role seen, 2 finished */
+    for (int i = 0; i < n - 2; i++) {
+        cJSON *j = cJSON_Parse(payloads[i]);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_str_eq(get(j, "object")->valuestring, "chat.completion.chunk");
+        ck_assert(cJSON_IsNull(get(j, "usage")));
+        const cJSON *c = cJSON_GetArrayItem(get(j, "choices"), 0);
+        int idx = get(c, "index")->valueint;
+        const cJSON *delta = get(c, "delta");
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(delta, "role");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(delta, "content");
+        if (state[idx] == 0) {
+            ck_assert_str_eq(role->valuestring, "assistant");
+            ck_assert_str_eq(text->valuestring, "");
+            ck_assert(cJSON_IsNull(get(c, "logprobs")));
+            state[idx] = 1;
+        } else if (!cJSON_IsNull(get(c, "finish_reason"))) {
+            ck_assert_int_eq(state[idx], 1);
+            ck_assert_int_eq(cJSON_GetArraySize(delta), 0); /* {} */
+            state[idx] = 2;
+            if (idx == 0) {
+                ck_assert_str_eq(get(c, "finish_reason")->valuestring, "stop");
+                ck_assert_str_eq(get(c, "stop_reason")->valuestring, "lo!");
+            }
+        } else {
+            ck_assert_int_eq(state[idx], 1);
+            ck_assert_ptr_null(role);
+            strcat(content[idx], text->valuestring);
+            const cJSON *lp = get(get(c, "logprobs"), "content");
+            ck_assert_int_eq(cJSON_GetArraySize(lp), 1);
+            ck_assert_int_eq(cJSON_GetArraySize(get(cJSON_GetArrayItem(lp, 0), "top_logprobs")), 0);
+        }
+        cJSON_Delete(j);
+    }
+    ck_assert(state[0] == 2 && state[1] == 2);
+    ck_assert_str_eq(content[0], "Hello");
+    ck_assert_str_eq(content[1], " world");
+    cJSON *u = cJSON_Parse(payloads[n - 2]);
+    ck_assert_str_eq(get(u, "object")->valuestring, "chat.completion.chunk");
+    ck_assert_int_eq(cJSON_GetArraySize(get(u, "choices")), 0);
+    ck_assert_int_eq(get(get(u, "usage"), "completion_tokens")->valueint, 3);
+    cJSON_Delete(u);
+    sbuf_finish(&sse);
+    completion_builder_destroy(b);
+}
+END_TEST
+
 START_TEST(test_response_best_of_keeps_highest_mean_logprob) {
     struct completion_builder *b = make(1, 1, 3, -1, false, false, false);
     int32_t ids[] = {0};
@@ -414,7 +567,7 @@ END_TEST
 
 START_TEST(test_response_candidates_extension_lists_survivors_per_token) {
     struct completion_meta meta;
-    completion_meta_init(&meta, "m", "fp");
+    completion_meta_init(&meta, false, "m", "fp");
     struct completion_builder_config cfg = {.n_prompts = 1,
                                             .n = 1,
                                             .best_of = 1,
@@ -472,6 +625,8 @@ int main(void) {
     tcase_add_test(tc, test_response_echo_logprobs_use_legacy_shape);
     tcase_add_test(tc, test_response_stream_chunks_join_to_text_and_end_with_usage_and_done);
     tcase_add_test(tc, test_response_best_of_keeps_highest_mean_logprob);
+    tcase_add_test(tc, test_response_chat_body_has_message_and_chat_logprobs);
+    tcase_add_test(tc, test_response_chat_stream_opens_with_role_and_closes_with_finish);
     tcase_add_test(tc, test_response_output_is_valid_utf8_whatever_the_token_bytes);
     tcase_add_test(tc, test_response_json_string_escapes_controls_and_replaces_bad_bytes);
     tcase_add_test(tc, test_response_stream_echo_sends_the_prompt_first);

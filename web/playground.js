@@ -3,6 +3,8 @@
 // work), colours each token by the model's probability, and draws, for a selected token, the
 // raw distribution (logprobs) against what survived the sampler's filters (the candidates
 // extension), plus the next-token distribution at T = 1 against the slider's temperature.
+// When the model has a chat template (POST /apply-template answers), a Chat mode keeps a
+// conversation and streams each answer from /v1/chat/completions instead.
 "use strict";
 
 // The API's sampling parameters: [id, label, input kind, min, max, step, default, help].
@@ -35,7 +37,8 @@ const N_LOGPROBS = 20; // the API's maximum: the raw distribution shown per toke
 
 const $ = (id) => document.getElementById(id);
 const state = { controller: null, tokens: [], selected: -1, preview: null, previewTimer: 0,
-  model: null };
+  model: null, hasChat: false, history: [] };
+const isChat = () => state.hasChat && $("mode-chat").checked;
 
 // ---- controls -----------------------------------------------------------------------------
 
@@ -88,10 +91,15 @@ function headers() {
   return h;
 }
 
-// The request body from the controls; parameters at their "off" value are left out.
+// The request body from the controls; parameters at their "off" value are left out. Chat mode:
+// the conversation so far plus the new message, and chat's logprobs flag.
 function requestBody() {
-  const body = { prompt: $("prompt").value, stream: true, logprobs: N_LOGPROBS,
-    candidates: N_LOGPROBS, stream_options: { include_usage: true } };
+  const body = isChat()
+    ? { messages: [...state.history, { role: "user", content: $("prompt").value }],
+      logprobs: true, top_logprobs: N_LOGPROBS }
+    : { prompt: $("prompt").value, logprobs: N_LOGPROBS };
+  Object.assign(body, { stream: true, candidates: N_LOGPROBS,
+    stream_options: { include_usage: true } });
   if (state.model) body.model = state.model.id;
   for (const [id, , kind] of PARAMS) {
     const raw = $(id).value.trim();
@@ -111,7 +119,8 @@ function requestBody() {
 // Calls onEvent(json) for each `data:` event until [DONE]; throws on HTTP errors with the
 // OpenAI error message.
 async function streamCompletion(body, signal, onEvent) {
-  const res = await fetch("/v1/completions", { method: "POST", headers: headers(),
+  const url = body.messages ? "/v1/chat/completions" : "/v1/completions";
+  const res = await fetch(url, { method: "POST", headers: headers(),
     body: JSON.stringify(body), signal });
   if (!res.ok) {
     let msg = res.status + " " + res.statusText;
@@ -169,6 +178,21 @@ function addToken(text, info) {
   $("output").append(span);
 }
 
+// A chat chunk: its content delta, token by token from logprobs.content.
+function chatChunkTokens(choice) {
+  const text = choice.delta && choice.delta.content;
+  if (!text) return [];
+  const lp = (choice.logprobs && choice.logprobs.content) || [];
+  const cands = choice.candidates || [];
+  const info = (e, j) => ({ token: e.token, logprob: e.logprob, prob: Math.exp(e.logprob),
+    top: e.top_logprobs.map((t) => [t.token, t.logprob]).sort((a, b) => b[1] - a[1]),
+    cand: cands[j] || null });
+  if (lp.map((e) => e.token).join("") !== text) {
+    return [[text, lp.length ? info(lp[lp.length - 1], lp.length - 1) : {}]];
+  }
+  return lp.map((e, j) => [e.token, info(e, j)]);
+}
+
 function chunkTokens(choice) {
   // Usually one token per event; several when held-back text (stop strings) is released.
   const lp = choice.logprobs;
@@ -194,10 +218,24 @@ async function generate() {
   state.selected = -1;
   const out = $("output");
   out.textContent = "";
-  const pspan = document.createElement("span");
-  pspan.className = "prompt";
-  pspan.textContent = body.prompt;
-  out.append(pspan);
+  if (isChat()) {
+    // The conversation as turns; this answer's tokens go into the last one.
+    for (const m of body.messages) {
+      const turn = document.createElement("span");
+      turn.className = "turn " + m.role;
+      turn.textContent = m.role + ": " + m.content + "\n";
+      out.append(turn);
+    }
+    const lead = document.createElement("span");
+    lead.className = "turn assistant";
+    lead.textContent = "assistant: ";
+    out.append(lead);
+  } else {
+    const pspan = document.createElement("span");
+    pspan.className = "prompt";
+    pspan.textContent = body.prompt;
+    out.append(pspan);
+  }
   state.controller = new AbortController();
   $("generate").disabled = true;
   $("stop-run").disabled = false;
@@ -209,8 +247,9 @@ async function generate() {
       if (ev.usage) usage = ev.usage;
       for (const choice of ev.choices || []) {
         if (choice.finish_reason) finish = choice.finish_reason;
-        if (!choice.text) continue;
-        for (const [text, info] of chunkTokens(choice)) {
+        const pieces = body.messages ? chatChunkTokens(choice) : choice.text ? chunkTokens(choice) : [];
+        if (!pieces.length) continue;
+        for (const [text, info] of pieces) {
           addToken(text, info);
           n++;
         }
@@ -219,6 +258,12 @@ async function generate() {
       }
     });
     setStatus("Done" + (finish ? " (" + finish + ")" : "") + ".");
+    if (body.messages) {
+      // The answer joins the conversation; the box is ready for the next message.
+      state.history = [...body.messages,
+        { role: "assistant", content: state.tokens.map((t) => t.text).join("") }];
+      $("prompt").value = "";
+    }
   } catch (e) {
     if (e.name === "AbortError") setStatus("Stopped.");
     else setStatus(e.message, true);
@@ -346,6 +391,7 @@ function drawTemperature() {
 // before any run). Debounced while typing.
 function schedulePreview() {
   clearTimeout(state.previewTimer);
+  if (isChat()) return; // the preview is of a raw prompt's next token
   state.previewTimer = setTimeout(async () => {
     const body = { prompt: $("prompt").value, max_tokens: 1, temperature: 0,
       logprobs: N_LOGPROBS, stream: true };
@@ -362,6 +408,32 @@ function schedulePreview() {
   }, 400);
 }
 
+// Chat mode exists when the model has a chat template: /apply-template answers 200.
+async function probeChat() {
+  try {
+    const res = await fetch("/apply-template", { method: "POST", headers: headers(),
+      body: JSON.stringify({ messages: [{ role: "user", content: "hi" }] }) });
+    state.hasChat = res.ok;
+  } catch (e) {
+    state.hasChat = false;
+  }
+  $("mode").hidden = !state.hasChat;
+}
+
+function setMode() {
+  const chat = isChat();
+  $("prompt-label").textContent = chat ? "Your message" : "Prompt";
+  $("new-chat").hidden = !chat;
+  $("completion-title").textContent = chat ? "Conversation" : "Completion";
+  if (chat && $("prompt").value === $("prompt").dataset.example) $("prompt").value = "Hello!";
+}
+
+function newChat() {
+  state.history = [];
+  $("output").textContent = "";
+  setStatus("New conversation.");
+}
+
 async function loadModel() {
   try {
     const res = await fetch("/v1/models", { headers: headers() });
@@ -373,6 +445,7 @@ async function loadModel() {
     state.model = j.data[0];
     $("model-info").textContent = `Model ${state.model.id} · context ${state.model.max_model_len} tokens`;
     $("max_tokens").max = state.model.max_model_len;
+    await probeChat();
     schedulePreview();
   } catch (e) {
     $("model-info").textContent = "Cannot reach the server: " + e.message;
@@ -386,6 +459,10 @@ function init() {
   $("generate").addEventListener("click", generate);
   $("stop-run").addEventListener("click", stop);
   $("prompt").addEventListener("input", schedulePreview);
+  $("prompt").dataset.example = $("prompt").value;
+  $("mode-chat").addEventListener("change", setMode);
+  $("mode-completion").addEventListener("change", setMode);
+  $("new-chat").addEventListener("click", newChat);
   $("api-key").addEventListener("change", loadModel);
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape") stop();

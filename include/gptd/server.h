@@ -73,6 +73,12 @@ int server_port(const struct server *s);
 void server_set_engine(struct server *s, struct engine *engine, struct tokenizer *tok,
                        const struct model_config *model_cfg);
 
+struct chat;
+/* The model's chat template for /v1/chat/completions and /apply-template (borrowed; it must
+ * outlive the server's stop). Without one (or NULL) those routes answer 400 "model has no chat
+ * template". Main thread, before server_set_engine. */
+void server_set_chat(struct server *s, const struct chat *chat);
+
 /* SIGTERM: from now on /health says 503 "draining" and new requests get 503; in-flight
  * requests go on. Any thread. */
 void server_begin_drain(struct server *s);
@@ -96,6 +102,7 @@ struct server_options {
     char model_dir[1024];
     char config_file[1024];
     char api_key_file[1024];
+    char chat_template[1024]; /* --chat-template FILE; "" = the model's own */
     char log_level[16];
     char weights[8];     /* auto, f32, f16, bf16 (model_weights_parse); default auto */
     char kv_dtype[8];    /* f32, f16 (kv_dtype_parse) -> engine.kv_dtype; default f32 */

@@ -6,6 +6,8 @@
 #ifndef GPTD_CLI_H
 #define GPTD_CLI_H
 
+#include <stddef.h>
+
 #define CLI_EXIT_USAGE 2
 
 /* The model `gptd serve` and `gptd generate` use without -m: set by meson.build to the bundled
@@ -19,5 +21,10 @@ int cmd_generate(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_template(int argc, char **argv);
+
+/* Reads all of path ("-" or NULL: stdin) into a malloc'd NUL-terminated buffer; *n_bytes is its
+ * length. NULL after printing the problem to stderr. */
+char *cli_read_all(const char *path, size_t *n_bytes);
 
 #endif

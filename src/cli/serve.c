@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <gptd/chat.h>
 #include <gptd/engine.h>
 #include <gptd/model.h>
 #include <gptd/server.h>
@@ -86,6 +87,7 @@ int cmd_serve(int argc, char **argv) {
     int rc = 1;
     struct server *srv = NULL;
     struct tokenizer *tok = NULL;
+    struct chat *chat = NULL;
     struct model *model = NULL;
     struct engine *engine = NULL;
 
@@ -169,6 +171,19 @@ int cmd_serve(int argc, char **argv) {
         log_error("%s", err);
         goto cleanup;
     }
+    chat = chat_load(o.model_dir, o.chat_template[0] != '\0' ? o.chat_template : NULL, err,
+                     sizeof(err));
+    if (chat == NULL) {
+        log_error("%s", err);
+        goto cleanup;
+    }
+    if (chat_has_template(chat)) {
+        log_info("chat template: %s", chat_template_origin(chat));
+    } else {
+        log_info("no chat template: /v1/chat/completions answers 400 (start with "
+                 "--chat-template FILE)");
+    }
+    server_set_chat(srv, chat);
     model = model_load_with(o.model_dir, weights, err, sizeof(err));
     if (model == NULL) {
         log_error("%s", err);
@@ -218,6 +233,7 @@ cleanup:
     engine_destroy(engine);
     model_destroy(model);
     tokenizer_destroy(tok);
+    chat_destroy(chat);
     server_options_finish(&o);
     for (int i = 0; i < 2; i++) {
         if (sig_pipe[i] >= 0) {

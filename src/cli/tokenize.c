@@ -36,8 +36,7 @@ static const char detokenize_usage[] =
     "  reads a JSON array of token ids, prints their text; --skip-special leaves out special\n"
     "  tokens (BOS, EOS, ...)\n";
 
-/* Reads all of path ("-" or NULL: stdin) into a malloc'd NUL-terminated buffer. */
-static char *read_all(const char *path, size_t *n_bytes) {
+char *cli_read_all(const char *path, size_t *n_bytes) {
     FILE *f = stdin;
     if (path != NULL && strcmp(path, "-") != 0) {
         f = fopen(path, "rb");
@@ -292,7 +291,7 @@ int cmd_tokenize(int argc, char **argv) {
     size_t n_text = 0;
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    char *text = read_all(a.input, &n_text);
+    char *text = cli_read_all(a.input, &n_text);
     if (text == NULL) {
         goto cleanup;
     }
@@ -373,7 +372,7 @@ int cmd_detokenize(int argc, char **argv) {
     size_t n_ids = 0;
     int32_t *ids = NULL;
     char *out = NULL;
-    char *text = read_all(a.input, &n_text);
+    char *text = cli_read_all(a.input, &n_text);
     if (text == NULL) {
         goto cleanup;
     }

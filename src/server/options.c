@@ -70,6 +70,9 @@ static const struct opt opts[] = {
     {"max-n", 0, NUM(OPT_INT, server.max_n, 1, 64), "largest n and best_of (default 16)"},
     {"max-tokens-cap", 0, NUM(OPT_INT, server.max_tokens_cap, 0, 1 << 30),
      "largest max_tokens accepted (default 0 = the model's context)"},
+    {"chat-template", 0, STR(chat_template),
+     "Jinja chat template file for /v1/chat/completions (default: the model's "
+     "tokenizer_config.json chat_template, else chat_template.jinja)"},
     {"served-model-name", 0, STR(server.served_model_name),
      "model name in responses (default: the model directory's name)"},
     {"strict-model", 0, NUM(OPT_BOOL, server.strict_model, 0, 1),

@@ -87,6 +87,15 @@ static const char *const known_fields[] = {
     "candidates",
     "tokens",
     "add_special_tokens",
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
 };
 
 static const char *known_name(const char *key) {
@@ -519,7 +528,7 @@ static int parse_stop_token_ids(const cJSON *root, const struct request_limits *
 
 /* Every field but the prompt, in the order of the issue. */
 static int parse_fields(const cJSON *root, const struct request_limits *lim, const char *served,
-                        struct completion_request *r, struct api_error *err) {
+                        bool is_chat, struct completion_request *r, struct api_error *err) {
     struct sampling_params *sp = &r->sampling;
     const cJSON *it;
     int64_t iv;
@@ -533,7 +542,7 @@ static int parse_fields(const cJSON *root, const struct request_limits *lim, con
         r->has_model = true;
         r->model_matches = served != NULL && strcmp(it->valuestring, served) == 0;
     }
-    if ((it = field(root, "suffix")) != NULL &&
+    if (!is_chat && (it = field(root, "suffix")) != NULL &&
         !(cJSON_IsString(it) && it->valuestring[0] == '\0')) {
         return api_error_set(err, 400, invalid_request, "unsupported_parameter", "suffix",
                              "suffix is not supported: the model has no fill-in-the-middle mode");
@@ -541,7 +550,8 @@ static int parse_fields(const cJSON *root, const struct request_limits *lim, con
     if ((it = field(root, "user")) != NULL && !cJSON_IsString(it)) {
         return type_error(err, "user", "a string");
     }
-    if ((it = field(root, "echo")) != NULL && read_bool(it, "echo", &r->echo, err) != 0) {
+    if (!is_chat && (it = field(root, "echo")) != NULL &&
+        read_bool(it, "echo", &r->echo, err) != 0) {
         return -1;
     }
     if ((it = field(root, "stream")) != NULL && read_bool(it, "stream", &r->stream, err) != 0) {
@@ -565,11 +575,21 @@ static int parse_fields(const cJSON *root, const struct request_limits *lim, con
                  : lim->n_ctx > 0        ? lim->n_ctx
                                          : 2147483647.0;
     r->max_tokens = 16;
-    if ((it = field(root, "max_tokens")) != NULL) {
-        if (read_int(it, "max_tokens", r->echo ? 0 : 1, cap, &iv, err) != 0) {
+    /* Chat: max_completion_tokens is OpenAI's current name, max_tokens the deprecated one; with
+     * neither, the answer may use the rest of the context (as OpenAI and vLLM do), decided
+     * once the prompt is tokenized. */
+    const char *max_name = "max_tokens";
+    if (is_chat && field(root, "max_completion_tokens") != NULL) {
+        max_name = "max_completion_tokens";
+    }
+    if ((it = field(root, max_name)) != NULL) {
+        if (read_int(it, max_name, r->echo ? 0 : 1, cap, &iv, err) != 0) {
             return -1;
         }
         r->max_tokens = (int32_t)iv;
+    } else if (is_chat) {
+        r->max_tokens_auto = true;
+        r->max_tokens = (int32_t)cap;
     } else if (r->max_tokens > cap) {
         r->max_tokens = (int32_t)cap;
     }
@@ -655,7 +675,25 @@ static int parse_fields(const cJSON *root, const struct request_limits *lim, con
         }
         r->length_penalty = (float)dv;
     }
-    if ((it = field(root, "logprobs")) != NULL) {
+    if (is_chat) {
+        /* Chat: logprobs is a flag and top_logprobs the number of alternatives. */
+        bool want = false;
+        if ((it = field(root, "logprobs")) != NULL && read_bool(it, "logprobs", &want, err) != 0) {
+            return -1;
+        }
+        if ((it = field(root, "top_logprobs")) != NULL) {
+            if (read_int(it, "top_logprobs", 0, SAMPLING_MAX_LOGPROBS, &iv, err) != 0) {
+                return -1;
+            }
+            if (!want) {
+                return api_error_set(err, 400, invalid_request, "invalid_value", "top_logprobs",
+                                     "top_logprobs needs logprobs: true");
+            }
+        } else {
+            iv = 0;
+        }
+        sp->logprobs = want ? (int32_t)iv : -1;
+    } else if ((it = field(root, "logprobs")) != NULL) {
         if (read_int(it, "logprobs", 0, SAMPLING_MAX_LOGPROBS, &iv, err) != 0) {
             return -1;
         }
@@ -717,7 +755,7 @@ int server_request_parse_completion(const char *body, size_t len, const struct r
     }
     /* Fields first so that a type error in max_tokens is reported before the prompt's. The
      * prompt last also means most bad requests are refused before copying a large prompt. */
-    int rc = parse_fields(root, lim, served_model, out, err);
+    int rc = parse_fields(root, lim, served_model, false, out, err);
     if (rc == 0) {
         /* The checks above run on doubles; the sampler keeps floats, and rounding can move a
          * value out of range (top_p 1e-50 becomes 0). The sampler's own validation on the
@@ -740,6 +778,229 @@ int server_request_parse_completion(const char *body, size_t len, const struct r
     return 0;
 }
 
+/* ---- /v1/chat/completions ---- */
+
+static const char *const chat_roles[] = {"system", "developer", "user", "assistant", "tool"};
+
+/* Content part types of OpenAI's API that a text model cannot take: named in the error. Any
+ * other type is "unknown" (request bytes are never echoed). */
+static const char *const media_part_types[] = {"image_url",   "input_audio", "file",
+                                               "image",       "audio_url",   "video_url",
+                                               "input_image", "refusal"};
+
+static int message_error(struct api_error *err, const char *code, int i, const char *what) {
+    return api_error_set(err, 400, invalid_request, code, "messages", "messages[%d]%s", i, what);
+}
+
+static int parse_content_parts(const cJSON *content, int i, struct api_error *err) {
+    int k = 0;
+    for (const cJSON *part = content->child; part != NULL; part = part->next, k++) {
+        const cJSON *type =
+            cJSON_IsObject(part) ? cJSON_GetObjectItemCaseSensitive(part, "type") : NULL;
+        if (!cJSON_IsString(type)) {
+            return api_error_set(err, 400, invalid_request, "invalid_type", "messages",
+                                 "messages[%d].content[%d] must be an object with a \"type\"", i,
+                                 k);
+        }
+        if (strcmp(type->valuestring, "text") == 0) {
+            if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(part, "text"))) {
+                return api_error_set(err, 400, invalid_request, "invalid_type", "messages",
+                                     "messages[%d].content[%d].text must be a string", i, k);
+            }
+            continue;
+        }
+        for (size_t t = 0; t < sizeof(media_part_types) / sizeof(media_part_types[0]); t++) {
+            if (strcmp(type->valuestring, media_part_types[t]) == 0) {
+                return api_error_set(err, 400, invalid_request, "unsupported_content_type",
+                                     "messages",
+                                     "messages[%d].content[%d] is of type \"%s\": this model "
+                                     "takes text only (type \"text\")",
+                                     i, k, media_part_types[t]);
+            }
+        }
+        return api_error_set(err, 400, invalid_request, "unsupported_content_type", "messages",
+                             "messages[%d].content[%d] has an unknown type: this model takes "
+                             "text only (type \"text\")",
+                             i, k);
+    }
+    return 0;
+}
+
+static int parse_messages(const cJSON *root, struct api_error *err) {
+    const cJSON *msgs = field(root, "messages");
+    if (msgs == NULL) {
+        return api_error_set(err, 400, invalid_request, "missing_parameter", "messages",
+                             "messages is required");
+    }
+    if (!cJSON_IsArray(msgs)) {
+        return type_error(err, "messages", "a list of messages");
+    }
+    if (msgs->child == NULL) {
+        return api_error_set(err, 400, invalid_request, "invalid_value", "messages",
+                             "messages must not be empty");
+    }
+    int i = 0;
+    for (const cJSON *m = msgs->child; m != NULL; m = m->next, i++) {
+        if (!cJSON_IsObject(m)) {
+            return message_error(err, "invalid_type", i, " must be an object");
+        }
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsString(role)) {
+            return message_error(err, "invalid_type", i, ".role must be a string");
+        }
+        size_t r = 0;
+        while (r < sizeof(chat_roles) / sizeof(chat_roles[0]) &&
+               strcmp(role->valuestring, chat_roles[r]) != 0) {
+            r++;
+        }
+        if (r == sizeof(chat_roles) / sizeof(chat_roles[0])) {
+            return message_error(err, "invalid_value", i,
+                                 ".role is unknown (valid roles: system, developer, user, "
+                                 "assistant, tool)");
+        }
+        bool is_assistant = strcmp(role->valuestring, "assistant") == 0;
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (content == NULL || cJSON_IsNull(content)) {
+            /* An assistant turn that only called tools has no content. */
+            if (!is_assistant) {
+                return message_error(err, "missing_parameter", i, ".content is required");
+            }
+        } else if (cJSON_IsArray(content)) {
+            if (parse_content_parts(content, i, err) != 0) {
+                return -1;
+            }
+        } else if (!cJSON_IsString(content)) {
+            return message_error(err, "invalid_type", i,
+                                 ".content must be a string, null or a list of content parts");
+        }
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, "name");
+        if (name != NULL && !cJSON_IsNull(name) && !cJSON_IsString(name)) {
+            return message_error(err, "invalid_type", i, ".name must be a string");
+        }
+        const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        if (calls != NULL && !cJSON_IsNull(calls)) {
+            if (!is_assistant || !cJSON_IsArray(calls)) {
+                return message_error(err, "invalid_type", i,
+                                     ".tool_calls must be a list, on an assistant message");
+            }
+            for (const cJSON *c = calls->child; c != NULL; c = c->next) {
+                const cJSON *fn =
+                    cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "function") : NULL;
+                const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+                if (!cJSON_IsObject(fn) ||
+                    !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(fn, "name")) ||
+                    (args != NULL && !cJSON_IsString(args) && !cJSON_IsObject(args))) {
+                    return message_error(err, "invalid_type", i,
+                                         ".tool_calls[] must be {\"function\": {\"name\": "
+                                         "string, \"arguments\": JSON string}}");
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static int parse_chat_fields(const cJSON *root, struct completion_request *r,
+                             struct api_error *err) {
+    const cJSON *it;
+    if ((it = field(root, "tools")) != NULL) {
+        if (!cJSON_IsArray(it)) {
+            return type_error(err, "tools", "a list of tools");
+        }
+        for (const cJSON *t = it->child; t != NULL; t = t->next) {
+            const cJSON *fn =
+                cJSON_IsObject(t) ? cJSON_GetObjectItemCaseSensitive(t, "function") : NULL;
+            if (!cJSON_IsObject(fn) ||
+                !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(fn, "name"))) {
+                return type_error(err, "tools",
+                                  "a list of {\"type\": \"function\", \"function\": {\"name\", "
+                                  "...}}");
+            }
+        }
+    }
+    if ((it = field(root, "tool_choice")) != NULL) {
+        if (cJSON_IsString(it) &&
+            (strcmp(it->valuestring, "none") == 0 || strcmp(it->valuestring, "auto") == 0)) {
+            /* the model may answer in text: what gptd does */
+        } else if ((cJSON_IsString(it) && strcmp(it->valuestring, "required") == 0) ||
+                   cJSON_IsObject(it)) {
+            return api_error_set(err, 400, invalid_request, "unsupported_parameter", "tool_choice",
+                                 "tool_choice \"required\" or a named function is not "
+                                 "supported: gptd does not parse tool calls yet (use \"auto\" "
+                                 "or \"none\")");
+        } else {
+            return type_error(err, "tool_choice", "\"none\", \"auto\", \"required\" or an object");
+        }
+    }
+    if ((it = field(root, "response_format")) != NULL) {
+        const cJSON *type =
+            cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "type") : NULL;
+        if (!cJSON_IsString(type)) {
+            return type_error(err, "response_format", "an object with a \"type\"");
+        }
+        if (strcmp(type->valuestring, "text") != 0) {
+            return api_error_set(err, 400, invalid_request, "unsupported_parameter",
+                                 "response_format",
+                                 "response_format: only {\"type\": \"text\"} is supported");
+        }
+    }
+    if ((it = field(root, "chat_template_kwargs")) != NULL && !cJSON_IsObject(it)) {
+        return type_error(err, "chat_template_kwargs", "an object");
+    }
+    r->add_generation_prompt = true;
+    if ((it = field(root, "add_generation_prompt")) != NULL &&
+        read_bool(it, "add_generation_prompt", &r->add_generation_prompt, err) != 0) {
+        return -1;
+    }
+    if ((it = field(root, "continue_final_message")) != NULL &&
+        read_bool(it, "continue_final_message", &r->continue_final_message, err) != 0) {
+        return -1;
+    }
+    if (r->add_generation_prompt && r->continue_final_message) {
+        return api_error_set(err, 400, invalid_request, "invalid_value", "continue_final_message",
+                             "continue_final_message needs add_generation_prompt: false");
+    }
+    return parse_messages(root, err);
+}
+
+int server_request_parse_chat(const char *body, size_t len, const struct request_limits *lim,
+                              const char *served_model, struct completion_request *out,
+                              struct api_error *err) {
+    server_request_init(out);
+    sampling_defaults(&out->sampling);
+    out->is_chat = true;
+    cJSON *root = server_request_parse_json(body, len, err);
+    if (root == NULL) {
+        return -1;
+    }
+    int rc = parse_fields(root, lim, served_model, true, out, err);
+    if (rc == 0) {
+        const char *param = NULL;
+        char msg[200];
+        if (sampling_params_validate(&out->sampling, lim->n_vocab > 0 ? lim->n_vocab : INT32_MAX,
+                                     &param, msg, sizeof(msg)) != 0) {
+            rc = api_error_set(err, 400, invalid_request, "invalid_value", param, "%s", msg);
+        }
+    }
+    if (rc == 0) {
+        rc = parse_chat_fields(root, out, err);
+    }
+    if (rc == 0) {
+        out->prompts = calloc(1, sizeof(*out->prompts));
+        if (out->prompts == NULL) {
+            rc = oom(err);
+        } else {
+            out->n_prompts = 1;
+        }
+    }
+    cJSON_Delete(root);
+    if (rc != 0) {
+        server_request_finish(out);
+        return -1;
+    }
+    return 0;
+}
+
 static int context_error(struct api_error *err, const char *param, int32_t n_ctx,
                          unsigned long long n_prompt, int32_t max_tokens, bool at_least) {
     return api_error_set(err, 400, invalid_request, "context_length_exceeded", param,
@@ -752,6 +1013,9 @@ static int context_error(struct api_error *err, const char *param, int32_t n_ctx
 
 int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
                             const struct request_limits *lim, struct api_error *err) {
+    /* With max_tokens_auto the answer takes what is left, but needs at least one token. */
+    int32_t least_new = r->max_tokens_auto ? 1 : r->max_tokens;
+    const char *prompt_param = r->is_chat ? "messages" : "prompt";
     for (size_t i = 0; i < r->n_prompts; i++) {
         struct prompt *p = &r->prompts[i];
         if (p->ids == NULL) {
@@ -759,10 +1023,10 @@ int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
              * cannot fit: refuse it before running BPE over (possibly) a megabyte. */
             if (lim->n_ctx > 0 && lim->max_token_bytes > 0) {
                 size_t at_least = (p->text_len + lim->max_token_bytes - 1) / lim->max_token_bytes;
-                if (at_least + (size_t)r->max_tokens > (size_t)lim->n_ctx) {
-                    return context_error(err,
-                                         at_least >= (size_t)lim->n_ctx ? "prompt" : "max_tokens",
-                                         lim->n_ctx, at_least, r->max_tokens, true);
+                if (at_least + (size_t)least_new > (size_t)lim->n_ctx) {
+                    return context_error(
+                        err, at_least >= (size_t)lim->n_ctx ? prompt_param : "max_tokens",
+                        lim->n_ctx, at_least, least_new, true);
                 }
             }
             char msg[128];
@@ -770,17 +1034,34 @@ int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
             if (tokenizer_encode(tok, p->text, p->text_len,
                                  TOKENIZER_PARSE_SPECIAL | TOKENIZER_ADD_SPECIAL, &p->ids,
                                  &p->n_ids, msg, sizeof(msg)) != 0) {
-                return api_error_set(err, 400, invalid_request, "invalid_value", "prompt",
+                return api_error_set(err, 400, invalid_request, "invalid_value",
+                                     r->is_chat ? "messages" : "prompt",
                                      "the prompt could not be tokenized");
+            }
+            /* A chat template that writes {{ bos_token }} itself (Llama 3, Gemma): the
+             * tokenizer's BOS would make it two, which the model never saw in training. */
+            int32_t bos = tokenizer_bos_id(tok);
+            if (r->is_chat && bos >= 0 && p->n_ids >= 2 && p->ids[0] == bos && p->ids[1] == bos) {
+                memmove(p->ids, p->ids + 1, (p->n_ids - 1) * sizeof(*p->ids));
+                p->n_ids--;
             }
             if (p->n_ids == 0) {
                 return api_error_set(err, 400, invalid_request, "empty_prompt", "prompt",
                                      "the prompt has no tokens");
             }
         }
+        if (r->max_tokens_auto && lim->n_ctx > 0 && p->n_ids < (size_t)lim->n_ctx &&
+            p->n_ids + (size_t)r->max_tokens > (size_t)lim->n_ctx) {
+            r->max_tokens = lim->n_ctx - (int32_t)p->n_ids;
+            r->sampling.max_tokens = r->max_tokens;
+            if (r->sampling.min_tokens > r->max_tokens) {
+                r->sampling.min_tokens = r->max_tokens;
+            }
+        }
         if (lim->n_ctx > 0 && p->n_ids + (size_t)r->max_tokens > (size_t)lim->n_ctx) {
-            return context_error(err, p->n_ids >= (size_t)lim->n_ctx ? "prompt" : "max_tokens",
-                                 lim->n_ctx, p->n_ids, r->max_tokens, false);
+            return context_error(err, p->n_ids >= (size_t)lim->n_ctx ? prompt_param : "max_tokens",
+                                 lim->n_ctx, p->n_ids,
+                                 r->max_tokens_auto ? least_new : r->max_tokens, false);
         }
     }
     return 0;

@@ -75,6 +75,13 @@ struct completion_request {
     bool stream;
     bool include_usage; /* stream_options.include_usage */
     bool echo;
+
+    /* /v1/chat/completions only (server_request_parse_chat) */
+    bool is_chat;
+    bool max_tokens_auto;        /* no max_tokens given: the rest of the context, set by
+                                    server_request_tokenize (max_tokens holds the cap until then) */
+    bool add_generation_prompt;  /* default true */
+    bool continue_final_message; /* default false */
 };
 
 /* Zeroes *r (so server_request_finish is safe on it). */
@@ -93,9 +100,42 @@ int server_request_parse_completion(const char *body, size_t len, const struct r
                                     struct api_error *err);
 
 /*
+ * Parses and validates a /v1/chat/completions (or /apply-template) body: the sampling fields as
+ * for completions (chat's logprobs flag with top_logprobs, max_completion_tokens; no prompt,
+ * echo or suffix) and the chat fields: messages (roles system, developer, user, assistant,
+ * tool; content a string, null or a list of {"type": "text", "text"} parts), tools, tool_choice
+ * ("none" and "auto" only), response_format ("text" only), chat_template_kwargs,
+ * add_generation_prompt, continue_final_message. Fills *out with is_chat set and one prompt
+ * without text (server_request_chat_prompt renders it). Returns 0, or -1 with *err.
+ */
+int server_request_parse_chat(const char *body, size_t len, const struct request_limits *lim,
+                              const char *served_model, struct completion_request *out,
+                              struct api_error *err);
+
+struct chat;
+struct template_limits;
+
+/*
+ * Renders a parsed chat request's messages with the model's chat template into the text of
+ * r->prompts[0]. The body is read again by the template module's JSON reader (which keeps
+ * whether a number was written 1 or 1.0, as Python's tojson prints it); tool-call arguments
+ * sent as JSON strings (OpenAI's form) are passed as objects, as vLLM passes them, since the
+ * templates that print them expect a mapping. Variables: messages, tools (none when absent, as
+ * transformers passes it), add_generation_prompt, the tokenizer's special-token strings and
+ * chat_template_kwargs. Returns 0, or -1 with *err: 400 for a model without a template, a
+ * template that raises (its message), fails or runs past its bounds; 500 out of memory.
+ */
+int server_request_chat_prompt(const char *body, size_t len, const struct chat *chat,
+                               const struct template_limits *limits, struct completion_request *r,
+                               struct api_error *err);
+
+/*
  * Tokenizes every text prompt (ids stay as given) and checks the context rule:
  * prompt tokens + max_tokens <= n_ctx, else 400 context_length_exceeded (param "prompt" when
  * the prompt alone does not fit, "max_tokens" otherwise) with both numbers in the message.
+ * Special tokens in the text are recognised and the tokenizer's own (Llama's BOS) added, as
+ * vLLM does for completions; for a chat prompt the BOS is not added a second time when the
+ * template already wrote it. max_tokens_auto: max_tokens becomes what the context has left.
  * Returns 0 or -1 with *err filled.
  */
 int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,

@@ -78,21 +78,24 @@ static uint64_t splitmix64(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-void completion_meta_init(struct completion_meta *m, const char *model, const char *fingerprint) {
+void completion_meta_init(struct completion_meta *m, bool chat, const char *model,
+                          const char *fingerprint) {
     static atomic_uint_fast64_t counter;
     uint64_t s = (uint64_t)time_now_us() ^ ((uint64_t)atomic_fetch_add(&counter, 1) << 40) ^
                  (uint64_t)(uintptr_t)m;
     uint64_t a = splitmix64(&s), b = splitmix64(&s);
-    snprintf(m->id, sizeof(m->id), "cmpl-%016llx%016llx", (unsigned long long)a,
-             (unsigned long long)b);
+    snprintf(m->id, sizeof(m->id), "%s-%016llx%016llx", chat ? "chatcmpl" : "cmpl",
+             (unsigned long long)a, (unsigned long long)b);
     m->created = time_wall_s();
     m->model = model;
     m->fingerprint = fingerprint;
 }
 
-/* The legacy logprobs lists, kept as JSON array bodies (elements without the brackets). */
+/* The legacy logprobs lists, kept as JSON array bodies (elements without the brackets); for
+ * chat, the elements of logprobs.content instead. */
 struct lp_lists {
     struct sbuf tokens, values, top, offsets;
+    struct sbuf content; /* chat: {"token","logprob","bytes","top_logprobs"} elements */
     size_t n;
 };
 
@@ -101,6 +104,7 @@ static void lp_init(struct lp_lists *l) {
     sbuf_init(&l->values);
     sbuf_init(&l->top);
     sbuf_init(&l->offsets);
+    sbuf_init(&l->content);
     l->n = 0;
 }
 
@@ -109,11 +113,13 @@ static void lp_finish(struct lp_lists *l) {
     sbuf_finish(&l->values);
     sbuf_finish(&l->top);
     sbuf_finish(&l->offsets);
+    sbuf_finish(&l->content);
     l->n = 0;
 }
 
 static bool lp_failed(const struct lp_lists *l) {
-    return l->tokens.failed || l->values.failed || l->top.failed || l->offsets.failed;
+    return l->tokens.failed || l->values.failed || l->top.failed || l->offsets.failed ||
+           l->content.failed;
 }
 
 struct prompt_state {
@@ -229,10 +235,44 @@ static size_t token_chars(const struct completion_builder *b, int32_t id) {
     return t != NULL ? utf8_count_chars(t, len) : 0;
 }
 
+/* "token": text, "logprob": x, "bytes": [...] of one chat logprob entry. */
+static void chat_token_fields(const struct completion_builder *b, struct sbuf *out, int32_t id,
+                              float logprob) {
+    size_t len = 0;
+    const char *t =
+        b->cfg.token_text != NULL ? b->cfg.token_text(b->cfg.token_text_ctx, id, &len) : NULL;
+    sbuf_puts(out, "\"token\":");
+    sbuf_json_string(out, t != NULL ? t : "", t != NULL ? len : 0);
+    sbuf_puts(out, ",\"logprob\":");
+    sbuf_json_double(out, logprob);
+    /* The token's raw bytes: a token may hold part of a UTF-8 character, which "token" (a JSON
+     * string) cannot carry and clients put back together from these. */
+    sbuf_puts(out, ",\"bytes\":[");
+    for (size_t i = 0; t != NULL && i < len; i++) {
+        sbuf_printf(out, i > 0 ? ",%u" : "%u", (unsigned)(unsigned char)t[i]);
+    }
+    sbuf_puts(out, "]");
+}
+
 /* Appends one position to the lists; has_lp false writes null logprob and null top. */
 static void lp_add(const struct completion_builder *b, struct lp_lists *l, int32_t token,
                    bool has_lp, float logprob, const struct sampling_logprob *top, int32_t n_top,
                    size_t offset) {
+    if (b->cfg.chat) {
+        sep(&l->content, l->n);
+        sbuf_puts(&l->content, "{");
+        chat_token_fields(b, &l->content, token, has_lp ? logprob : 0.0f);
+        sbuf_puts(&l->content, ",\"top_logprobs\":[");
+        for (int32_t k = 0; has_lp && k < n_top && k < b->cfg.logprobs && k < ENGINE_EVENT_TOP_MAX;
+             k++) {
+            sbuf_puts(&l->content, k > 0 ? ",{" : "{");
+            chat_token_fields(b, &l->content, top[k].token_id, top[k].logprob);
+            sbuf_puts(&l->content, "}");
+        }
+        sbuf_puts(&l->content, "]}");
+        l->n++;
+        return;
+    }
     sep(&l->tokens, l->n);
     sep(&l->values, l->n);
     sep(&l->top, l->n);
@@ -358,10 +398,27 @@ static void stop_reason_json(const struct completion_builder *b, const struct se
     }
 }
 
+/* Chat: {"content":[...]}. */
+static void lp_render_chat(struct sbuf *out, const struct lp_lists *l) {
+    sbuf_puts(out, "{\"content\":[");
+    sbuf_append(out, l->content.data != NULL ? l->content.data : "", l->content.len);
+    sbuf_puts(out, "]}");
+}
+
+static void lp_render_any(const struct completion_builder *b, struct sbuf *out,
+                          const struct lp_lists *prompt, const struct lp_lists *l) {
+    if (b->cfg.chat) {
+        lp_render_chat(out, l);
+    } else {
+        lp_render(out, prompt, l);
+    }
+}
+
 static void chunk_open(const struct completion_builder *b, struct sbuf *out) {
     sbuf_puts(out, "data: {\"id\":");
     sbuf_json_cstr(out, b->meta.id);
-    sbuf_printf(out, ",\"object\":\"text_completion\",\"created\":%lld,\"model\":",
+    sbuf_printf(out, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
+                b->cfg.chat ? "chat.completion.chunk" : "text_completion",
                 (long long)b->meta.created);
     sbuf_json_cstr(out, b->meta.model);
     sbuf_puts(out, ",\"system_fingerprint\":");
@@ -373,20 +430,34 @@ static void chunk_close(const struct completion_builder *b, struct sbuf *out) {
     sbuf_puts(out, b->cfg.include_usage ? "],\"usage\":null}\n\n" : "]}\n\n");
 }
 
-/* One chunk with one choice. lp may be NULL (logprobs null); finished adds the reasons. */
+/* One chunk with one choice. lp may be NULL (logprobs null); finished adds the reasons;
+ * role_start (chat) is the delta that opens a choice. */
 static void chunk_choice(const struct completion_builder *b, struct sbuf *out, int32_t index,
                          const char *text, size_t len, const struct lp_lists *lp,
-                         const struct engine_event *cand_ev, const struct seq_state *finished) {
+                         const struct engine_event *cand_ev, const struct seq_state *finished,
+                         bool role_start) {
     chunk_open(b, out);
-    sbuf_printf(out, "{\"index\":%d,\"text\":", index);
-    sbuf_json_string(out, text, len);
+    if (b->cfg.chat) {
+        /* The delta: the role opens each choice, content follows, the last chunk has none. */
+        sbuf_printf(out, "{\"index\":%d,\"delta\":{", index);
+        if (role_start) {
+            sbuf_puts(out, "\"role\":\"assistant\",\"content\":\"\"");
+        } else if (finished == NULL) {
+            sbuf_puts(out, "\"content\":");
+            sbuf_json_string(out, text, len);
+        }
+        sbuf_puts(out, "}");
+    } else {
+        sbuf_printf(out, "{\"index\":%d,\"text\":", index);
+        sbuf_json_string(out, text, len);
+    }
     sbuf_puts(out, ",\"logprobs\":");
     if (lp != NULL) {
-        lp_render(out, NULL, lp);
+        lp_render_any(b, out, NULL, lp);
     } else {
         sbuf_puts(out, "null");
     }
-    if (b->cfg.candidates > 0) {
+    if (b->cfg.candidates > 0 && !role_start) {
         sbuf_puts(out, ",\"candidates\":[");
         if (cand_ev != NULL) {
             cand_add(b, out, cand_ev);
@@ -412,12 +483,16 @@ static void stream_start(struct completion_builder *b, int32_t i_prompt, int32_t
         return;
     }
     s->started = true;
+    if (b->cfg.chat) {
+        chunk_choice(b, out, index, "", 0, NULL, NULL, NULL, true);
+        return;
+    }
     if (!b->cfg.echo) {
         return;
     }
     const struct prompt_state *p = &b->prompts[i_prompt];
     chunk_choice(b, out, index, p->text != NULL ? p->text : "", p->text_len,
-                 b->cfg.logprobs >= 0 ? &p->lp : NULL, NULL, NULL);
+                 b->cfg.logprobs >= 0 ? &p->lp : NULL, NULL, NULL, false);
 }
 
 int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
@@ -469,7 +544,7 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
                 lp_add(b, &one, ev->token, ev->has_logprob, ev->logprob, ev->top, ev->n_top,
                        offset);
             }
-            chunk_choice(b, sse, out_index, ev->text, len, want_lp ? &one : NULL, ev, NULL);
+            chunk_choice(b, sse, out_index, ev->text, len, want_lp ? &one : NULL, ev, NULL, false);
             lp_finish(&one);
         } else {
             sbuf_append(&s->text, ev->text, len);
@@ -509,7 +584,7 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
             s->n_completion_tokens = 0;
         }
         if (stream) {
-            chunk_choice(b, sse, out_index, "", 0, NULL, NULL, s);
+            chunk_choice(b, sse, out_index, "", 0, NULL, NULL, s, false);
         }
         return 0;
     }
@@ -558,8 +633,8 @@ static double mean_logprob(const struct seq_state *s) {
 void completion_builder_body(const struct completion_builder *b, struct sbuf *out) {
     sbuf_puts(out, "{\"id\":");
     sbuf_json_cstr(out, b->meta.id);
-    sbuf_printf(out, ",\"object\":\"text_completion\",\"created\":%lld,\"model\":",
-                (long long)b->meta.created);
+    sbuf_printf(out, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
+                b->cfg.chat ? "chat.completion" : "text_completion", (long long)b->meta.created);
     sbuf_json_cstr(out, b->meta.model);
     sbuf_puts(out, ",\"system_fingerprint\":");
     sbuf_json_cstr(out, b->meta.fingerprint);
@@ -589,8 +664,13 @@ void completion_builder_body(const struct completion_builder *b, struct sbuf *ou
             if (ip > 0 || rank > 0) {
                 sbuf_append(out, ",", 1);
             }
-            sbuf_printf(out, "{\"index\":%d,\"text\":", ip * b->cfg.n + rank);
-            if (b->cfg.echo && p->text_len > 0) {
+            sbuf_printf(out, "{\"index\":%d,", ip * b->cfg.n + rank);
+            if (b->cfg.chat) {
+                sbuf_puts(out, "\"message\":{\"role\":\"assistant\",\"content\":");
+                sbuf_json_string(out, s->text.data != NULL ? s->text.data : "", s->text.len);
+                sbuf_puts(out, "}");
+            } else if (b->cfg.echo && p->text_len > 0) {
+                sbuf_puts(out, "\"text\":");
                 /* Escape the concatenation as one string: the echo and the completion may
                  * split a character only if the prompt ended mid-character, which cannot
                  * happen for decoded text. */
@@ -604,11 +684,12 @@ void completion_builder_body(const struct completion_builder *b, struct sbuf *ou
                 }
                 sbuf_finish(&joined);
             } else {
+                sbuf_puts(out, "\"text\":");
                 sbuf_json_string(out, s->text.data != NULL ? s->text.data : "", s->text.len);
             }
             sbuf_puts(out, ",\"logprobs\":");
             if (b->cfg.logprobs >= 0) {
-                lp_render(out, b->cfg.echo ? &p->lp : NULL, &s->lp);
+                lp_render_any(b, out, b->cfg.echo ? &p->lp : NULL, &s->lp);
                 if (lp_failed(&s->lp) || lp_failed(&p->lp)) {
                     out->failed = true;
                 }

@@ -1,6 +1,7 @@
 /*
  * response.h: the JSON the server writes: OpenAI error objects, the non-streamed
- * text_completion body and the SSE chunks of a stream (`data: {json}\n\n` ... `data: [DONE]`).
+ * text_completion / chat.completion body and the SSE chunks of a stream (`data: {json}\n\n` ...
+ * `data: [DONE]`).
  *
  * A struct completion_builder collects the engine events of one HTTP request (all its prompts
  * and choices) and either appends SSE chunks as events arrive or renders the whole body at the
@@ -42,8 +43,10 @@ struct completion_meta {
     const char *fingerprint; /* borrowed: system_fingerprint */
 };
 
-/* Fills id with a fresh random "cmpl-..." and created with the wall clock. */
-void completion_meta_init(struct completion_meta *m, const char *model, const char *fingerprint);
+/* Fills id with a fresh random "cmpl-..." ("chatcmpl-..." when chat) and created with the wall
+ * clock. */
+void completion_meta_init(struct completion_meta *m, bool chat, const char *model,
+                          const char *fingerprint);
 
 struct completion_builder_config {
     int32_t n_prompts;
@@ -56,7 +59,8 @@ struct completion_builder_config {
     bool echo;
     bool stream;
     bool include_usage;
-    int32_t eos_id;      /* a FINISH by this token reports stop_reason null, as vLLM does */
+    bool chat;      /* chat.completion objects: choices[].message / delta, logprobs.content[] */
+    int32_t eos_id; /* a FINISH by this token reports stop_reason null, as vLLM does */
     bool drop_generated; /* echo + max_tokens 0: the engine generates one token (its minimum),
                             which is not reported: no text, 0 completion tokens, "length" */
     response_token_text_fn token_text;

@@ -51,4 +51,55 @@ try {
 } catch (e) {
   check(e instanceof OpenAI.AuthenticationError && e.status === 401, `AuthenticationError (${e.status})`);
 }
+// Chat: the server runs with a ChatML template (--chat-template).
+const messages = [
+  { role: "system", content: "You are a test." },
+  { role: "user", content: "Hello there" },
+];
+const chatArgs = { model, messages, max_tokens: 6, temperature: 0.8, seed: 7 };
+const chat = await client.chat.completions.create({ ...chatArgs, logprobs: true, top_logprobs: 2 });
+check(chat.object === "chat.completion" && chat.id.startsWith("chatcmpl-"), "chat object");
+const msg = chat.choices[0].message;
+check(msg.role === "assistant" && typeof msg.content === "string", "chat message");
+check(chat.choices[0].finish_reason === "length" && chat.usage.completion_tokens === 6,
+      "chat finish_reason and usage");
+const lp = chat.choices[0].logprobs?.content ?? [];
+check(lp.length === 6 && lp.every((t) => typeof t.token === "string" &&
+      typeof t.logprob === "number" && Array.isArray(t.bytes) && t.top_logprobs.length === 2),
+      "chat logprobs.content");
+
+const chatStream = await client.chat.completions.create({
+  ...chatArgs, stream: true, stream_options: { include_usage: true } });
+let content = "";
+let role = null;
+let finish = null;
+let chatUsage = null;
+let allChunks = true;
+for await (const chunk of chatStream) {
+  allChunks &&= chunk.object === "chat.completion.chunk";
+  for (const c of chunk.choices) {
+    if (c.delta.role) {
+      role = c.delta.role;
+    }
+    content += c.delta.content ?? "";
+    if (c.finish_reason) {
+      finish = c.finish_reason;
+    }
+  }
+  if (chunk.usage) {
+    chatUsage = chunk.usage;
+  }
+}
+check(allChunks, "every chunk is a chat.completion.chunk");
+check(role === "assistant" && finish === "length", "streamed chat: role first, finish_reason last");
+check(content === msg.content, `streamed chat content equals non-streamed (${JSON.stringify(content)})`);
+check(chatUsage !== null && chatUsage.completion_tokens === 6, "streamed chat usage");
+
+try {
+  await client.chat.completions.create({ model, messages: [] });
+  check(false, "empty messages raise");
+} catch (e) {
+  check(e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === "messages",
+        `chat BadRequestError (${e.status} ${e.param})`);
+}
 process.exit(failed);

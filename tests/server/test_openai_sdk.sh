@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_openai_sdk.sh: the official OpenAI Node SDK (`openai` npm package, v4) drives `gptd serve`:
-# a non-streaming and a streaming client.completions.create, the SDK's error classes for a 400
-# and a 401 (suite 'integration'). The package is installed once into the build directory
+# a non-streaming and a streaming client.completions.create, the same for
+# client.chat.completions.create (with logprobs), the SDK's error classes for a 400 and a 401
+# (suite 'integration'). The package is installed once into the build directory
 # (never into the source tree); without node/npm or the npm registry the test is skipped (77).
 #
 # Usage: test_openai_sdk.sh path/to/gptd
@@ -18,7 +19,9 @@ if [ ! -f "$npm_dir/node_modules/openai/package.json" ]; then
         { echo "cannot install the openai package: skip"; exit 77; }
 fi
 tmp=$(mktemp -d /tmp/gptd-sdk-test.XXXXXX)
-"$gptd" serve -m "$model" --port 0 --api-key sk-sdk-test >"$tmp/out" 2>"$tmp/err" &
+# GPT-2 has no chat template: the SmolLM2 (ChatML) one from the goldens serves the chat calls.
+"$gptd" serve -m "$model" --port 0 --api-key sk-sdk-test \
+    --chat-template "$testdata_dir/chat/chatml_smollm2/template.jinja" >"$tmp/out" 2>"$tmp/err" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 1 100); do

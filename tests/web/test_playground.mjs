@@ -8,7 +8,9 @@
 // `gptd generate` for the same prompt); a selected token
 // has a candidate chart with bars and the arrow keys move the selection; Stop during a long run
 // aborts it and the server's running count drops to 0 (/metrics); every control has a label;
-// a phone-sized viewport has no horizontal scrolling. Screenshots go to SCREENSHOT_DIR.
+// a phone-sized viewport has no horizontal scrolling; chat mode (the server has a
+// --chat-template): its greedy answer equals the API's and the next message carries the
+// conversation. Screenshots go to SCREENSHOT_DIR.
 import { chromium } from "playwright-core";
 
 const [base, shotDir, cliGreedy] = process.argv.slice(2);
@@ -110,6 +112,39 @@ try {
   await page.waitForFunction(() => document.getElementById("status").textContent === "Stopped.");
   const n = await page.$$eval("#output .tok", (s) => s.length);
   check(n < 900, `the page shows Stopped. after ${n} of 900 tokens`);
+
+  // Chat mode (the server runs with a ChatML --chat-template): greedy, its answer equals the
+  // API's; the next message carries the conversation.
+  await page.setViewportSize({ width: 1400, height: 900 });
+  check(await page.isVisible("#mode"), "the model has a chat template: the mode switch is shown");
+  await page.check("#mode-chat");
+  check(await page.textContent("#prompt-label") === "Your message", "chat mode relabels the box");
+  await page.focus("#temperature");
+  await page.keyboard.press("Home");
+  await page.fill("#max_tokens", "6");
+  await page.fill("#prompt", "Hello there");
+  await page.click("#generate");
+  await page.waitForFunction(() => /^Done/.test(document.getElementById("status").textContent),
+    null, { timeout: 20000 });
+  const answer = await page.$$eval("#output .tok", (s) => s.map((x) => x.textContent).join(""));
+  const chatApi = await (await fetch(base + "/v1/chat/completions", { method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ messages: [{ role: "user", content: "Hello there" }], max_tokens: 6,
+      temperature: 0 }) })).json();
+  check(answer.length > 0 && answer === chatApi.choices[0].message.content,
+    `the chat answer ${JSON.stringify(answer)} equals the API's ` +
+    JSON.stringify(chatApi.choices[0].message.content));
+  check(await page.inputValue("#prompt") === "", "the message box is emptied for the next turn");
+  await page.fill("#prompt", "And again");
+  await page.click("#generate");
+  await page.waitForFunction(() => /^Done/.test(document.getElementById("status").textContent) &&
+    document.querySelectorAll("#output .turn").length === 4, null, { timeout: 20000 });
+  const turns = await page.$$eval("#output .turn", (t) => t.map((x) => x.className));
+  check(JSON.stringify(turns) === JSON.stringify(["turn user", "turn assistant", "turn user",
+    "turn assistant"]), "the second message is sent with the conversation: " + turns.join(","));
+  await page.click("#new-chat");
+  check((await page.$$eval("#output .turn", (t) => t.length)) === 0, "New chat clears it");
+  await page.check("#mode-completion");
 
   // A phone: one column, no horizontal scrolling.
   await page.setViewportSize({ width: 390, height: 844 });

@@ -33,7 +33,9 @@ if [ ! -f "$model/model.safetensors" ]; then
 fi
 
 tmp=$(mktemp -d)
-"$gptd" serve -m "$model" --port 0 --threads 1 --access-log false >/dev/null 2>"$tmp/err" &
+# A ChatML template from the goldens gives the page its chat mode (GPT-2 has no template).
+"$gptd" serve -m "$model" --port 0 --threads 1 --access-log false \
+    --chat-template "$testdata_dir/chat/chatml_smollm2/template.jinja" >/dev/null 2>"$tmp/err" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
 port=
