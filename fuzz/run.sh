@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 harnesses=("$@")
-[ ${#harnesses[@]} -eq 0 ] && harnesses=(request tokenizer safetensors loaders stream)
+[ ${#harnesses[@]} -eq 0 ] && harnesses=(request tokenizer safetensors loaders stream template)
 
 if ! command -v clang >/dev/null; then
     echo "fuzz/run.sh: clang is not installed (apt-get install clang libclang-rt-14-dev)" >&2

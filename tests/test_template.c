@@ -236,7 +236,7 @@ static const struct {
     {"{% include 'x' %}", "line 1, column 4: "},
     {"{% import 'x' as y %}", "line 1, column 4: "},
     {"{% from 'x' import y %}", "line 1, column 4: "},
-    {"{% for x in y recursive %}{% endfor %}", "line 1, column 15: "},
+    {"{% for x in y %}{% endif %}", "line 1, column 20: "},
     {"{% break %}", "line 1, column 4: "},
     {"{{ f(*args) }}", "line 1, column 6: "},
     {"\xff\xfe", "line 1, column 1: "},
@@ -246,6 +246,7 @@ START_TEST(test_compile_errors_name_line_and_column) {
     const char *src = compile_errors[_i].src;
     char err[256] = "";
     struct template *t = template_compile(src, strlen(src), err, sizeof(err));
+    template_destroy(t);
     ck_assert_msg(t == NULL, "%s compiled", src);
     ck_assert_msg(strncmp(err, compile_errors[_i].prefix, strlen(compile_errors[_i].prefix)) == 0,
                   "%s: [%s], want prefix [%s]", src, err, compile_errors[_i].prefix);

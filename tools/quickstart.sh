@@ -145,10 +145,11 @@ test)
         --no-suite tools --no-suite web
     # Unit suites under valgrind memcheck.
     run_suite valgrind build --setup valgrind --suite unit
-    # The threaded code (engine thread, request channels) under ThreadSanitizer.
+    # The threaded code (engine thread, request channels; a chat template shared by threads)
+    # under ThreadSanitizer.
     build build-tsan -Dbuildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false
     CK_FORK=no TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        run_suite tsan build-tsan --suite engine
+        run_suite tsan build-tsan --suite engine --suite threads
     # A short libFuzzer pass over every harness (the corpus replays in every build above).
     if command -v clang >/dev/null; then
         log "fuzz: ${GPTD_FUZZ_SECONDS:-30} s per harness"

@@ -93,10 +93,14 @@ bool template_iterates_content(const struct template *t);
 
 /* Bounds of one render. Zero fields take the defaults below. */
 struct template_limits {
-    uint64_t max_steps; /* statements + expression nodes evaluated (default 10,000,000) */
-    uint32_t max_depth; /* macro/call and expression recursion (default 64) */
-    size_t max_output;  /* bytes of output (default 16 MiB) */
-    time_t now;         /* the time strftime_now formats (local time); 0 = time(NULL) */
+    /* statements + expression nodes evaluated (default 10,000,000); each loop iteration and
+     * each item that range() or a filter copies counts as one more */
+    uint64_t max_steps;
+    /* macro/call and expression recursion (default 64): nested macro, caller() and recursive
+     * loop() calls; statement and expression nesting is bounded when compiling */
+    uint32_t max_depth;
+    size_t max_output; /* bytes of output (default 16 MiB); also bounds each string and list */
+    time_t now;        /* the time strftime_now formats (local time); 0 = time(NULL) */
 };
 
 enum template_status {

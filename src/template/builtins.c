@@ -401,6 +401,10 @@ static struct template_value *from_buf(struct render *r, struct buf *b) {
         buf_free(b);
         return render_limit(r, "max_output");
     }
+    if (!render_add_steps(r, b->len / 64)) {
+        buf_free(b);
+        return NULL;
+    }
     size_t len;
     char *s = buf_take(b, &len);
     if (s == NULL) {
@@ -411,6 +415,10 @@ static struct template_value *from_buf(struct render *r, struct buf *b) {
 
 static bool push(struct render *r, struct template_value *list, struct template_value *v) {
     if (v == NULL) {
+        return false;
+    }
+    if (!render_step(r)) { /* bulk work costs its items */
+        template_value_unref(v);
         return false;
     }
     if ((list->u.list.n + 1) * sizeof(void *) > render_max_output(r)) {

@@ -225,7 +225,9 @@ static struct node *const_node(struct parser *p, const struct token *at, struct 
         perr_at(p, at, "out of memory");
         return NULL;
     }
-    v->refs = VALUE_IMMORTAL;
+    if (v->refs != VALUE_IMMORTAL) {
+        v->refs = VALUE_IMMORTAL; /* (the statics already are: never written here) */
+    }
     struct node *n = new_node(p, E_CONST, at);
     if (n == NULL) {
         value_free_immortal(v);

@@ -260,7 +260,7 @@ static struct template_value *undefined_error(struct render *r, const struct tem
 }
 
 static struct template_value *new_string(struct render *r, struct buf *b) {
-    if (!buf_check(r, b)) {
+    if (!buf_check(r, b) || !render_add_steps(r, b->len / 64)) {
         buf_free(b);
         return NULL;
     }
@@ -296,6 +296,10 @@ static struct template_value *make_float(struct render *r, double f) {
 /* Appends v to list (taking it over); false after an error. */
 static bool list_add(struct render *r, struct template_value *list, struct template_value *v) {
     if (v == NULL) {
+        return false;
+    }
+    if (!render_step(r)) { /* bulk copies cost their items, so that loops over them stay bounded */
+        template_value_unref(v);
         return false;
     }
     if ((list->u.list.n + 1) * sizeof(void *) > r->max_output) {
