@@ -6,7 +6,8 @@
 # Builds (release), writes the 124M-shaped random model (fixed seed) into build/, then runs on
 # this machine, one after another: the roofline probes and model benchmark (also f32 vs f16
 # weights, and a Llama of SmolLM2-135M's shape), the tokenizer and sampler benchmarks, the in-process engine benchmark, gptd-bench
-# against `gptd serve` at concurrency 1, 4, 16, 32 and 64, and wrk for per-request overhead. Raw outputs go to
+# against `gptd serve` at concurrency 1, 4, 16, 32 and 64, wrk for per-request overhead, the chat
+# route against completions (bench/chat.sh) and template rendering (bench_template). Raw outputs go to
 # build/bench-results/; summary.md there holds the tables; the plots are written to
 # docs/perf/ (gnuplot, SVG). Takes about 15 minutes (--quick: fewer requests, ~5 minutes).
 set -euo pipefail
@@ -118,6 +119,11 @@ kill $server_pid 2>/dev/null || true
 wait $server_pid 2>/dev/null || true
 trap - EXIT
 
+log "chat vs completions through HTTP (Llama 3.1 tokenizer and template)"
+bash bench/chat.sh "$out" >/dev/null || true
+log "chat template rendering"
+build/bench/bench_template >"$out/template.txt" 2>&1 || true
+
 log "plots"
 gnuplot <<EOF
 set terminal svg size 640,400 font "sans,11"
@@ -166,6 +172,10 @@ EOF
     echo "# Sampler"
     echo '```'
     tail -n 20 "$out/sampling.txt"
+    echo '```'
+    echo "# Chat vs completions (HTTP) and template rendering"
+    echo '```'
+    cat "$out/chat.txt" "$out/template.txt"
     echo '```'
     echo "# wrk"
     echo '```'
