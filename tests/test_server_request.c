@@ -494,7 +494,20 @@ START_TEST(test_chat_parse_fills_chat_fields) {
     ck_assert(!r.continue_final_message);
     ck_assert_int_eq(r.sampling.logprobs, -1);
     ck_assert(!r.echo);
+    ck_assert(r.skip_special_tokens); /* chat text leaves the template's markers out */
     server_request_finish(&r);
+
+    const char *b0 = "{\"messages\":[" USER "],\"skip_special_tokens\":false}";
+    ck_assert_int_eq(server_request_parse_chat(b0, strlen(b0), &lim, "gpt2", &r, &err), 0);
+    ck_assert(!r.skip_special_tokens);
+    server_request_finish(&r);
+    const char *c0 = "{\"prompt\":\"x\"}";
+    ck_assert_int_eq(server_request_parse_completion(c0, strlen(c0), &lim, "gpt2", &r, &err), 0);
+    ck_assert(!r.skip_special_tokens); /* completions: every token's text, as before */
+    server_request_finish(&r);
+    const char *c1 = "{\"prompt\":\"x\",\"skip_special_tokens\":1}";
+    ck_assert_int_eq(server_request_parse_completion(c1, strlen(c1), &lim, "gpt2", &r, &err), -1);
+    ck_assert_str_eq(err.param, "skip_special_tokens");
 
     const char *b2 = "{\"messages\":[" USER "],\"max_tokens\":9,\"max_completion_tokens\":5,"
                      "\"logprobs\":true,\"top_logprobs\":4,\"add_generation_prompt\":false,"

@@ -62,6 +62,8 @@ struct engine_request_params {
     bool use_beam_search;            /* beam width = best_of; length_penalty below */
     float length_penalty;
     bool want_prompt_logprobs; /* echo + logprobs: logprobs of prompt tokens 1.. */
+    bool skip_special_tokens;  /* leave special tokens (<|im_start|>, ...) out of the text
+                                  (vLLM's skip_special_tokens); their ids and logprobs stay */
 };
 
 enum engine_event_type {

@@ -825,7 +825,9 @@ static void beam_finalize(struct engine *e, struct engine_request *req) {
             is_hyp ? req->hyp_tokens + (size_t)c * (size_t)max_tokens : seq->tokens + req->n_prompt;
         int32_t len = is_hyp ? req->hyp_len[c] : seq->n_generated;
         struct detok d;
-        detok_init_with(&d, e->tok, TOKENIZER_CONTINUATION);
+        detok_init_with(&d, e->tok,
+                        TOKENIZER_CONTINUATION |
+                            (p->skip_special_tokens ? TOKENIZER_SKIP_SPECIAL : 0));
         for (int32_t t = 0; t < len; t++) {
             event_init(&ev, ENGINE_EVENT_TOKEN, r);
             ev.token = gen[t];

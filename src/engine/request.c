@@ -60,7 +60,8 @@ static int seq_setup(struct engine *engine, struct engine_request *req, struct s
     }
     /* Generated text continues the prompt: no start-of-text strip (SentencePiece's leading
      * space stays, as vLLM shows it). */
-    detok_init_with(&seq->detok, engine->tok, TOKENIZER_CONTINUATION);
+    detok_init_with(&seq->detok, engine->tok,
+                    TOKENIZER_CONTINUATION | (p->skip_special_tokens ? TOKENIZER_SKIP_SPECIAL : 0));
     return 0;
 }
 

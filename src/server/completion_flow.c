@@ -313,6 +313,7 @@ static enum MHD_Result start(struct conn *x) {
         ep.use_beam_search = x->req.use_beam_search;
         ep.length_penalty = x->req.length_penalty;
         ep.want_prompt_logprobs = x->req.echo && x->req.sampling.logprobs >= 0;
+        ep.skip_special_tokens = x->req.skip_special_tokens;
         enum engine_status st = ENGINE_OK;
         char msg[200] = "";
         struct engine_request *er =

@@ -96,6 +96,7 @@ static const char *const known_fields[] = {
     "chat_template_kwargs",
     "add_generation_prompt",
     "continue_final_message",
+    "skip_special_tokens",
 };
 
 static const char *known_name(const char *key) {
@@ -724,6 +725,14 @@ static int parse_fields(const cJSON *root, const struct request_limits *lim, con
             sp->has_seed = true;
             sp->seed = (uint64_t)x;
         }
+    }
+    /* A chat answer is text for people: the template's markers (<|im_start|>, ...) a model
+     * may emit before its end token are not shown, as vLLM does. Completions keep every token's
+     * text by default (`gptd generate` and the raw-text tools compare it byte for byte). */
+    r->skip_special_tokens = is_chat;
+    if ((it = field(root, "skip_special_tokens")) != NULL &&
+        read_bool(it, "skip_special_tokens", &r->skip_special_tokens, err) != 0) {
+        return -1;
     }
     if ((it = field(root, "ignore_eos")) != NULL) {
         if (read_bool(it, "ignore_eos", &bv, err) != 0) {

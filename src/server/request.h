@@ -75,6 +75,8 @@ struct completion_request {
     bool stream;
     bool include_usage; /* stream_options.include_usage */
     bool echo;
+    bool skip_special_tokens; /* vLLM's field: special tokens left out of the generated text;
+                                 default true for chat, false for completions */
 
     /* /v1/chat/completions only (server_request_parse_chat) */
     bool is_chat;

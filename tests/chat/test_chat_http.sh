@@ -178,6 +178,16 @@ post /v1/chat/completions "{\"messages\":$msgs,\"max_tokens\":8,\"logit_bias\":{
 r=$(jq -c '[.choices[0].finish_reason, .choices[0].message.content, .usage.completion_tokens]' "$tmp/body")
 [ "$r" = '["stop","",1]' ] && ok || bad "end token: $r"
 
+# Special tokens other than the end tokens are left out of chat text (vLLM's
+# skip_special_tokens, default true for chat); their ids and logprobs stay.
+post /v1/chat/completions "{\"messages\":$msgs,\"max_tokens\":3,\"logit_bias\":{\"128006\":100},\"logprobs\":true}"
+r=$(jq -c '[.choices[0].message.content, .usage.completion_tokens, (.choices[0].logprobs.content|map(.token))]' "$tmp/body")
+[ "$r" = '["",3,["<|start_header_id|>","<|start_header_id|>","<|start_header_id|>"]]' ] && ok ||
+    bad "special tokens skipped: $r"
+post /v1/chat/completions "{\"messages\":$msgs,\"max_tokens\":2,\"logit_bias\":{\"128006\":100},\"skip_special_tokens\":false}"
+r=$(jq -c '.choices[0].message.content' "$tmp/body")
+[ "$r" = '"<|start_header_id|><|start_header_id|>"' ] && ok || bad "skip_special_tokens false: $r"
+
 # Multi-turn.
 turns='[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello!"},{"role":"user","content":"How are you?"}]'
 post /apply-template "{\"messages\":$turns}"
