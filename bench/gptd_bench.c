@@ -150,6 +150,17 @@ static int load_dataset(const char *path) {
             }
             continue;
         }
+        if (opt.is_chat && !cJSON_IsString(prompt) &&
+            !(cJSON_IsArray(prompt) && cJSON_IsObject(cJSON_GetArrayItem(prompt, 0)))) {
+            fprintf(stderr,
+                    "gptd-bench: %s:%zu: with --chat a \"prompt\" is a string or a list of "
+                    "messages, not token ids\n",
+                    path, n_line);
+            cJSON_Delete(obj);
+            free(line);
+            fclose(f);
+            return -1;
+        }
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(obj, "max_tokens");
         struct dataset_entry *d = realloc(dataset, (n_dataset + 1) * sizeof(*d));
         if (d == NULL) {
@@ -189,7 +200,8 @@ static char *make_body(long i) {
             cJSON_AddItemToObject(m, "content", prompt);
             cJSON_AddItemToArray(msgs, m);
         } else {
-            /* a completion prompt, or (--chat) a "messages" list given as the prompt */
+            /* a completion prompt, or (--chat) a "messages" list given as the prompt (checked
+             * when the dataset was read) */
             cJSON_AddItemToObject(body, opt.is_chat ? "messages" : "prompt", prompt);
         }
         if (d->max_tokens > 0) {

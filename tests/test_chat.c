@@ -47,6 +47,7 @@ static void teardown(void) {
     remove_file("tokenizer_config.json");
     remove_file("chat_template.jinja");
     remove_file("flag.jinja");
+    remove_file("special_tokens_map.json");
     rmdir(dir);
 }
 
@@ -164,6 +165,27 @@ START_TEST(test_chat_variables_are_special_tokens_then_extra) {
     expect_render(c, user_hi, NULL, true, "<s>|</s>|False|<pad>|False|");
     expect_render(c, user_hi, "{\"eos_token\":\"<E>\",\"x\":1.0}", true,
                   "<s>|<E>|False|<pad>|False|1.0");
+    chat_destroy(c);
+
+    /* special_tokens_map.json fills what the config leaves out; the config wins; the
+     * additional special tokens are a list. */
+    write_file("tokenizer_config.json",
+               "{\"bos_token\":\"<s>\",\"chat_template\":\"{{ bos_token }}|{{ mask_token }}|{{ "
+               "additional_special_tokens|join(',') }}|{{ sep_token }}\"}");
+    write_file("special_tokens_map.json",
+               "{\"bos_token\":\"<other>\",\"mask_token\":{\"content\":\"<mask>\"},"
+               "\"additional_special_tokens\":[\"<a>\",{\"content\":\"<b>\"}]}");
+    c = chat_load(dir, NULL, err, sizeof(err));
+    ck_assert_msg(c != NULL, "%s", err);
+    expect_render(c, user_hi, NULL, true, "<s>|<mask>|<a>,<b>|");
+    remove_file("special_tokens_map.json");
+    chat_destroy(c);
+    write_file("tokenizer_config.json",
+               "{\"bos_token\":{\"content\":\"<s>\",\"lstrip\":false},\"eos_token\":\"</s>\","
+               "\"unk_token\":null,\"pad_token\":\"<pad>\",\"chat_template\":\"{{ bos_token }}|{{ "
+               "eos_token }}|{{ unk_token is defined }}|{{ pad_token }}|{{ tools is defined }}|{{ "
+               "x }}\"}");
+    c = chat_load(dir, NULL, err, sizeof(err));
     /* tools: passed when given (the server passes none when the request has none). */
     struct template_value *m = json(user_hi);
     struct template_value *none = template_value_none();

@@ -258,15 +258,14 @@ async function generate() {
       }
     });
     setStatus("Done" + (finish ? " (" + finish + ")" : "") + ".");
-    if (body.messages) {
-      // The answer joins the conversation; the box is ready for the next message.
-      state.history = [...body.messages,
-        { role: "assistant", content: state.tokens.map((t) => t.text).join("") }];
-      $("prompt").value = "";
-    }
+    keepAnswer(body);
   } catch (e) {
-    if (e.name === "AbortError") setStatus("Stopped.");
-    else setStatus(e.message, true);
+    if (e.name === "AbortError") {
+      setStatus("Stopped.");
+      keepAnswer(body); // a stopped answer stays in the conversation as far as it got
+    } else {
+      setStatus(e.message, true);
+    }
   } finally {
     state.controller = null;
     $("generate").disabled = false;
@@ -280,6 +279,14 @@ async function generate() {
     : "No tokens.";
   out.dataset.done = "true";
   if (state.tokens.length) select(state.tokens.length - 1, false);
+}
+
+// Chat: the answer joins the conversation; the box is ready for the next message.
+function keepAnswer(body) {
+  if (!body.messages) return;
+  state.history = [...body.messages,
+    { role: "assistant", content: state.tokens.map((t) => t.text).join("") }];
+  $("prompt").value = "";
 }
 
 function stop() {

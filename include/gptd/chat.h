@@ -23,8 +23,14 @@ struct chat;
  *   2. else dir/tokenizer_config.json's "chat_template": a string, or a list of
  *      {"name", "template"} of which the one named "default" is used;
  *   3. else dir/chat_template.jinja.
- * Also reads the special-token strings transformers passes as variables (bos_token, eos_token,
- * unk_token, pad_token: plain strings or {"content": ...}). Finding no template is not an error:
+ * (The order the project's issue 18 specifies. transformers reads a chat_template.jinja before
+ * the config's entry; current transformers writes only the .jinja file, so both at once with
+ * different contents does not happen in practice.)
+ * Also reads the special-token strings transformers passes as variables -- bos_token,
+ * eos_token, unk_token, sep_token, pad_token, cls_token, mask_token (plain strings or
+ * {"content": ...}) and additional_special_tokens (a list of them) -- from
+ * tokenizer_config.json, the gaps filled from special_tokens_map.json as transformers fills
+ * them. Finding no template is not an error:
  * the result answers chat_has_template() false. Returns NULL with a message naming the file
  * (and for a template that does not compile, its line and column) in err.
  */
@@ -38,11 +44,14 @@ const char *chat_template_origin(const struct chat *c);
 const struct template *chat_template(const struct chat *c);
 
 struct chat_render_params {
-    const struct template_value *messages; /* borrowed: a list of message dicts */
-    const struct template_value *tools;    /* borrowed: a list, or NULL (not passed) */
-    const struct template_value *extra;    /* borrowed: a dict of more variables (a request's
-                                              chat_template_kwargs, a case's "extra"), or NULL;
-                                              they override the special-token strings */
+    const struct template_value *messages;  /* borrowed: a list of message dicts */
+    const struct template_value *tools;     /* borrowed: a list (or none), or NULL (not
+                                               passed) */
+    const struct template_value *documents; /* borrowed: as tools (transformers passes both,
+                                               None when absent; the server does the same) */
+    const struct template_value *extra;     /* borrowed: a dict of more variables (a request's
+                                               chat_template_kwargs, a case's "extra"), or NULL;
+                                               they override the special-token strings */
     bool add_generation_prompt;
     bool continue_final_message; /* end the text right after the last message's content, so the
                                     model continues it (transformers' rule); needs

@@ -23,14 +23,20 @@
 #define CONFIG_MAX_BYTES   (64u << 20)
 #define TEMPLATE_MAX_BYTES (4u << 20)
 
-/* The special-token variables transformers passes (tokenizer.special_tokens_map). */
-static const char *const special_names[] = {"bos_token", "eos_token", "unk_token", "pad_token"};
-#define N_SPECIAL (sizeof(special_names) / sizeof(special_names[0]))
+/* The special-token variables transformers passes (tokenizer.special_tokens_map), besides
+ * additional_special_tokens. */
+static const char *const special_names[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                            "pad_token", "cls_token", "mask_token"};
+#define N_SPECIAL      (sizeof(special_names) / sizeof(special_names[0]))
+#define MAX_ADDITIONAL 1024
 
 struct chat {
     struct template *tmpl; /* NULL: the model has no chat template */
     char origin[4096];
     char *special[N_SPECIAL]; /* owned, NULL when the config has none */
+    char **additional;        /* additional_special_tokens: owned strings */
+    size_t n_additional;
+    bool has_additional;
 };
 
 /* Reads a whole file. Returns a malloc'd NUL-terminated buffer, or NULL with err (ENOENT is
@@ -88,6 +94,68 @@ static char *special_string(const cJSON *it) {
     return cJSON_IsString(it) ? strdup(it->valuestring) : NULL;
 }
 
+/* Special tokens of one JSON object (tokenizer_config.json or special_tokens_map.json) for
+ * the names still unset. */
+static int take_specials(struct chat *c, const cJSON *root) {
+    for (size_t i = 0; i < N_SPECIAL; i++) {
+        if (c->special[i] == NULL) {
+            c->special[i] =
+                special_string(cJSON_GetObjectItemCaseSensitive(root, special_names[i]));
+        }
+    }
+    const cJSON *add = cJSON_GetObjectItemCaseSensitive(root, "additional_special_tokens");
+    if (c->has_additional || !cJSON_IsArray(add)) {
+        return 0;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(add);
+    if (n > MAX_ADDITIONAL) {
+        n = MAX_ADDITIONAL;
+    }
+    c->additional = calloc(n > 0 ? n : 1, sizeof(*c->additional));
+    if (c->additional == NULL) {
+        return -1;
+    }
+    c->has_additional = true;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, add) {
+        char *t = special_string(e);
+        if (t != NULL && c->n_additional < n) {
+            c->additional[c->n_additional++] = t;
+        } else {
+            free(t);
+        }
+    }
+    return 0;
+}
+
+/* special_tokens_map.json, when present: fills the special tokens tokenizer_config.json left
+ * out (transformers merges it the same way: the config's own values win). */
+static int load_special_map(struct chat *c, const char *dir, char *err, size_t err_size) {
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s/special_tokens_map.json", dir) >= sizeof(path)) {
+        snprintf(err, err_size, "%s: path too long", dir);
+        return -1;
+    }
+    size_t len = 0;
+    bool missing = false;
+    char *text = read_file(path, CONFIG_MAX_BYTES, &len, &missing, err, err_size);
+    if (text == NULL) {
+        return missing ? 0 : -1;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, err_size, "%s: not a JSON object", path);
+        rc = -1;
+    } else if (take_specials(c, root) != 0) {
+        snprintf(err, err_size, "out of memory");
+        rc = -1;
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
 static int compile_into(struct chat *c, const char *src, size_t len, const char *origin, char *err,
                         size_t err_size) {
     char msg[512];
@@ -123,8 +191,10 @@ static int load_config(struct chat *c, const char *dir, bool want_template, char
         return -1;
     }
     int rc = 0;
-    for (size_t i = 0; i < N_SPECIAL; i++) {
-        c->special[i] = special_string(cJSON_GetObjectItemCaseSensitive(root, special_names[i]));
+    if (take_specials(c, root) != 0) {
+        snprintf(err, err_size, "out of memory");
+        cJSON_Delete(root);
+        return -1;
     }
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
     if (want_template && ct != NULL && !cJSON_IsNull(ct)) {
@@ -188,6 +258,9 @@ struct chat *chat_load(const char *dir, const char *template_file, char *err, si
     if (dir != NULL && load_config(c, dir, c->tmpl == NULL, err, err_size) != 0) {
         goto fail;
     }
+    if (dir != NULL && load_special_map(c, dir, err, err_size) != 0) {
+        goto fail;
+    }
     if (dir != NULL && c->tmpl == NULL) {
         char path[4096];
         if ((size_t)snprintf(path, sizeof(path), "%s/chat_template.jinja", dir) >= sizeof(path)) {
@@ -212,6 +285,10 @@ void chat_destroy(struct chat *c) {
     for (size_t i = 0; i < N_SPECIAL; i++) {
         free(c->special[i]);
     }
+    for (size_t i = 0; i < c->n_additional; i++) {
+        free(c->additional[i]);
+    }
+    free(c->additional);
     free(c);
 }
 
@@ -446,6 +523,19 @@ enum template_status chat_render(const struct chat *c, const struct chat_render_
                 template_value_string(c->special[i], strlen(c->special[i])));
         }
     }
+    if (rc == 0 && c->has_additional) {
+        struct template_value *list = template_value_list();
+        rc = list != NULL ? 0 : -1;
+        for (size_t i = 0; i < c->n_additional && rc == 0; i++) {
+            rc = template_value_list_append(
+                list, template_value_string(c->additional[i], strlen(c->additional[i])));
+        }
+        if (rc == 0) {
+            rc = template_value_dict_set(vars, "additional_special_tokens", list);
+        } else {
+            template_value_unref(list);
+        }
+    }
     for (size_t i = 0; i < template_value_length(p->extra) && rc == 0; i++) {
         rc = template_value_dict_set(vars, template_value_dict_key(p->extra, i),
                                      template_value_ref(template_value_dict_value(p->extra, i)));
@@ -456,6 +546,10 @@ enum template_status chat_render(const struct chat *c, const struct chat_render_
     if (rc == 0 && p->tools != NULL) {
         rc = template_value_dict_set(vars, "tools",
                                      template_value_ref((struct template_value *)p->tools));
+    }
+    if (rc == 0 && p->documents != NULL) {
+        rc = template_value_dict_set(vars, "documents",
+                                     template_value_ref((struct template_value *)p->documents));
     }
     if (rc == 0) {
         rc = template_value_dict_set(vars, "add_generation_prompt",

@@ -3,6 +3,7 @@
  * (server_request_chat_prompt in request.h). Pure: no HTTP, no engine; called on HTTP threads
  * (the compiled template is shared read-only, the variables are this call's own).
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,24 +15,42 @@
 
 static const char *const invalid_request = "invalid_request_error";
 
-/* OpenAI sends tool-call arguments as a JSON string; templates (Qwen, Llama 3.1, Hermes) print
- * them with tojson or iterate their items and expect a mapping, which is what transformers'
- * documentation asks for and what vLLM passes. Converted in place (the tree is ours). */
-static int tool_call_arguments(struct template_value *messages, struct api_error *err) {
+/* Messages as vLLM hands them to a template (transformers takes them as given):
+ * - a null or missing content becomes "" (or [] for a template that loops over content): an
+ *   assistant turn that only called tools has content null in OpenAI's API, and templates
+ *   written for strings fail on None ('x' in None) or print "None";
+ * - tool-call arguments, a JSON string in OpenAI's API, become the object they spell (empty or
+ *   null: {}): templates (Qwen, Llama 3.1, Hermes) print them with tojson or iterate their
+ *   items and expect a mapping, as transformers' documentation asks.
+ * Converted in place (the tree is this request's own). */
+static int normalize_messages(struct template_value *messages, bool content_lists,
+                              struct api_error *err) {
     for (size_t i = 0; i < template_value_length(messages); i++) {
-        struct template_value *calls =
-            template_value_dict_get(template_value_list_get(messages, i), "tool_calls");
+        struct template_value *m = template_value_list_get(messages, i);
+        enum template_value_type ct = template_value_type(template_value_dict_get(m, "content"));
+        if (template_value_type(m) == TEMPLATE_DICT &&
+            (template_value_dict_get(m, "content") == NULL || ct == TEMPLATE_NONE)) {
+            struct template_value *empty =
+                content_lists ? template_value_list() : template_value_string("", 0);
+            if (template_value_dict_set(m, "content", empty) != 0) {
+                return api_error_set(err, 500, "server_error", "out_of_memory", NULL,
+                                     "out of memory");
+            }
+        }
+        struct template_value *calls = template_value_dict_get(m, "tool_calls");
         for (size_t k = 0; k < template_value_length(calls); k++) {
             struct template_value *fn =
                 template_value_dict_get(template_value_list_get(calls, k), "function");
+            struct template_value *a = template_value_dict_get(fn, "arguments");
             size_t len = 0;
-            const char *args =
-                template_value_string_bytes(template_value_dict_get(fn, "arguments"), &len);
-            if (args == NULL) {
-                continue;
+            const char *args = template_value_string_bytes(a, &len);
+            if (args == NULL && a != NULL && template_value_type(a) != TEMPLATE_NONE) {
+                continue; /* already an object */
             }
             char msg[128];
-            struct template_value *parsed = template_value_from_json(args, len, msg, sizeof(msg));
+            struct template_value *parsed =
+                args != NULL && len > 0 ? template_value_from_json(args, len, msg, sizeof(msg))
+                                        : template_value_dict();
             if (parsed == NULL) {
                 return api_error_set(err, 400, invalid_request, "invalid_value", "messages",
                                      "messages[%zu].tool_calls[%zu].function.arguments is not "
@@ -57,8 +76,13 @@ int server_request_chat_prompt(const char *body, size_t len, const struct chat *
     char msg[1024];
     struct template_value *root = template_value_from_json(body, len, msg, sizeof(msg));
     if (root == NULL) {
-        /* The body passed cJSON's strict parse already: only memory can fail here. */
-        return api_error_set(err, 500, "server_error", "out_of_memory", NULL, "out of memory");
+        /* cJSON let through what RFC 8259 (and Python's json, and pydantic) refuse: raw
+         * control characters in strings, numbers such as 01 or 1. -- a 400 here. */
+        if (strstr(msg, "out of memory") != NULL) {
+            return api_error_set(err, 500, "server_error", "out_of_memory", NULL, "out of memory");
+        }
+        return api_error_set(err, 400, invalid_request, "invalid_json", NULL,
+                             "the body is not valid JSON (%s)", msg);
     }
     int rc = -1;
     struct template_value *messages = template_value_dict_get(root, "messages");
@@ -69,12 +93,26 @@ int server_request_chat_prompt(const char *body, size_t len, const struct chat *
         api_error_set(err, 500, "server_error", "out_of_memory", NULL, "out of memory");
         goto done;
     }
-    if (tool_call_arguments(messages, err) != 0) {
+    if (normalize_messages(messages, template_iterates_content(chat_template(chat)), err) != 0) {
         goto done;
+    }
+    /* Variables a request may not set through chat_template_kwargs: transformers refuses
+     * them twice over (a keyword given twice). */
+    static const char *const reserved[] = {"messages", "tools", "documents",
+                                           "add_generation_prompt", "continue_final_message"};
+    for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+        if (template_value_type(kwargs) == TEMPLATE_DICT &&
+            template_value_dict_get(kwargs, reserved[i]) != NULL) {
+            api_error_set(err, 400, invalid_request, "invalid_value", "chat_template_kwargs",
+                          "chat_template_kwargs may not set %s (a request field of its own)",
+                          reserved[i]);
+            goto done;
+        }
     }
     struct chat_render_params p = {
         .messages = messages,
         .tools = template_value_type(tools) == TEMPLATE_LIST ? tools : none,
+        .documents = none,
         .extra = template_value_type(kwargs) == TEMPLATE_DICT ? kwargs : NULL,
         .add_generation_prompt = r->add_generation_prompt,
         .continue_final_message = r->continue_final_message,
@@ -92,8 +130,14 @@ int server_request_chat_prompt(const char *body, size_t len, const struct chat *
         api_error_set(err, 400, invalid_request, "chat_template_error", "messages", "%s", msg);
         goto done;
     case TEMPLATE_ERROR:
-        api_error_set(err, 400, invalid_request, "chat_template_error", "messages",
-                      "the chat template failed: %s", msg);
+        if (st == TEMPLATE_ERROR && r->continue_final_message &&
+            strncmp(msg, "continue_final_message", 22) == 0) {
+            api_error_set(err, 400, invalid_request, "invalid_value", "continue_final_message",
+                          "%s", msg);
+        } else {
+            api_error_set(err, 400, invalid_request, "chat_template_error", "messages",
+                          "the chat template failed: %s", msg);
+        }
         goto done;
     case TEMPLATE_LIMIT:
         api_error_set(err, 400, invalid_request, "chat_template_limit", "messages",

@@ -582,6 +582,11 @@ static int parse_fields(const cJSON *root, const struct request_limits *lim, con
     const char *max_name = "max_tokens";
     if (is_chat && field(root, "max_completion_tokens") != NULL) {
         max_name = "max_completion_tokens";
+        /* The other one is still checked: a bad value is a bad request either way. */
+        if ((it = field(root, "max_tokens")) != NULL &&
+            read_int(it, "max_tokens", 1, cap, &iv, err) != 0) {
+            return -1;
+        }
     }
     if ((it = field(root, max_name)) != NULL) {
         if (read_int(it, max_name, r->echo ? 0 : 1, cap, &iv, err) != 0) {
@@ -686,7 +691,7 @@ static int parse_fields(const cJSON *root, const struct request_limits *lim, con
             if (read_int(it, "top_logprobs", 0, SAMPLING_MAX_LOGPROBS, &iv, err) != 0) {
                 return -1;
             }
-            if (!want) {
+            if (!want && iv > 0) {
                 return api_error_set(err, 400, invalid_request, "invalid_value", "top_logprobs",
                                      "top_logprobs needs logprobs: true");
             }
@@ -1055,7 +1060,7 @@ int server_request_tokenize(struct completion_request *r, struct tokenizer *tok,
                 p->n_ids--;
             }
             if (p->n_ids == 0) {
-                return api_error_set(err, 400, invalid_request, "empty_prompt", "prompt",
+                return api_error_set(err, 400, invalid_request, "empty_prompt", prompt_param,
                                      "the prompt has no tokens");
             }
         }

@@ -7,6 +7,7 @@
  */
 #include "response.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,7 +262,8 @@ static void lp_add(const struct completion_builder *b, struct lp_lists *l, int32
     if (b->cfg.chat) {
         sep(&l->content, l->n);
         sbuf_puts(&l->content, "{");
-        chat_token_fields(b, &l->content, token, has_lp ? logprob : 0.0f);
+        /* No logprob (not computed): the number JSON needs, as for -inf (sbuf_json_double). */
+        chat_token_fields(b, &l->content, token, has_lp ? logprob : -INFINITY);
         sbuf_puts(&l->content, ",\"top_logprobs\":[");
         for (int32_t k = 0; has_lp && k < n_top && k < b->cfg.logprobs && k < ENGINE_EVENT_TOP_MAX;
              k++) {

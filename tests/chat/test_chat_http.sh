@@ -232,6 +232,13 @@ post /v1/chat/completions "{\"messages\":$msgs,\"response_format\":{\"type\":\"t
 [ "$STATUS" = 200 ] && ok || bad "response_format text + tool_choice none: $STATUS"
 post /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":[1]}'
 expect_error "chat_template_kwargs not an object" 400 invalid_type
+post /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"messages":[]}}'
+expect_error "chat_template_kwargs setting messages" 400 invalid_value
+# Bytes cJSON lets through but JSON does not allow (a raw tab inside a string): 400, not 500.
+printf '{"messages":[{"role":"user","content":"a\tb"}]}' >"$tmp/req"
+STATUS=$(curl -s -o "$tmp/body" -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data-binary @"$tmp/req" "http://127.0.0.1:$PORT/v1/chat/completions")
+expect_error "raw tab in a string" 400 invalid_json
 # 1,000 messages: rendered fine, too long for the 1,024-token context.
 many=$(jq -nc '[range(1000) | {role: (if . % 2 == 0 then "user" else "assistant" end), content: "message \(.)"}]')
 post /apply-template "{\"messages\":$many}"
@@ -261,6 +268,10 @@ p=$(jq -r .prompt "$tmp/body")
 [[ "$p" == *'<tool_response>'$'\n''sunny'$'\n''</tool_response>'* ]] && ok || bad "tool message: $p"
 post /apply-template '{"messages":[{"role":"assistant","content":null,"tool_calls":[{"function":{"name":"f","arguments":"{not json"}}]}]}'
 expect_error "tool-call arguments not JSON" 400 invalid_value "arguments"
+# Empty arguments are {}; OpenAI's content null on a tool-calling turn is "" for the template.
+post /apply-template '{"messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"function":{"name":"f","arguments":""}}]}],"add_generation_prompt":false}'
+jq -e '.prompt | endswith("<|im_start|>assistant\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call><|im_end|>\n")' "$tmp/body" >/dev/null &&
+    ok || bad "null content and empty arguments: $(cat "$tmp/body")"
 
 start qwen3 "$model" --chat-template "$testdata_dir/chat/qwen3/template.jinja"
 post /apply-template '{"messages":[{"role":"user","content":"hi"}],"chat_template_kwargs":{"enable_thinking":false}}'
@@ -269,6 +280,10 @@ jq -e '.prompt | endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")' "$t
 post /apply-template '{"messages":[{"role":"user","content":"hi"}]}'
 jq -e '.prompt | endswith("<|im_start|>assistant\n")' "$tmp/body" >/dev/null && ok ||
     bad "qwen3 default: $(cat "$tmp/body")"
+# A tool-calling history as OpenAI clients send it (content null): Qwen3's template tests
+# '</think>' in the content, which would fail on None.
+post /v1/chat/completions '{"messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"w","arguments":"{\"city\": \"Oslo\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"cold"}],"max_tokens":2}'
+[ "$STATUS" = 200 ] && ok || bad "qwen3 tool history: $STATUS $(cat "$tmp/body")"
 
 [ "$fail" -eq 0 ] && echo "chat http: $n_ok checks passed"
 exit "$fail"
