@@ -46,6 +46,8 @@ struct outcome {
     size_t text_len[MAX_IDX];
     enum engine_finish_reason finish[MAX_IDX];
     double sum_logprob[MAX_IDX];
+    float logprob[MAX_IDX][MAX_OUT]; /* each generated token's raw logprob */
+    int32_t n_cached;                /* prompt tokens from the prefix cache (FINISH) */
     int32_t n_finished;
     int32_t n_admitted;
     bool has_error;
@@ -92,6 +94,7 @@ static void drain_events(struct job *job) {
             case ENGINE_EVENT_TOKEN:
                 if (ev[i].token >= 0) {
                     ck_assert_int_lt(o->n_tokens[idx], MAX_OUT);
+                    o->logprob[idx][o->n_tokens[idx]] = ev[i].logprob;
                     o->tokens[idx][o->n_tokens[idx]++] = ev[i].token;
                 }
                 ck_assert_uint_lt(o->text_len[idx] + ev[i].text_len, sizeof(o->text[idx]));
@@ -101,6 +104,7 @@ static void drain_events(struct job *job) {
             case ENGINE_EVENT_FINISH:
                 o->finish[idx] = ev[i].finish_reason;
                 o->sum_logprob[idx] = ev[i].sum_logprob;
+                o->n_cached = ev[i].n_cached_tokens;
                 o->n_finished++;
                 break;
             case ENGINE_EVENT_ERROR:
@@ -117,6 +121,13 @@ static void drain_events(struct job *job) {
     }
 }
 
+/* The prefix cache for every engine this suite makes: on, unless GPTD_TEST_PREFIX_CACHE=off
+ * (meson runs the suite both ways: outputs must not depend on it). */
+static bool prefix_cache_on(void) {
+    const char *v = getenv("GPTD_TEST_PREFIX_CACHE");
+    return v == NULL || strcmp(v, "off") != 0;
+}
+
 static int32_t next_max_running;    /* 0 = the engine's default; reset after each make_engine */
 static enum kv_dtype next_kv_dtype; /* the KV cache's element type for make_engine */
 
@@ -131,6 +142,7 @@ static struct engine *make_engine(size_t kv_bytes, int32_t max_batch_tokens, int
     cfg.max_batch_tokens = max_batch_tokens;
     cfg.max_queue = max_queue;
     cfg.queue_timeout_ms = queue_timeout_ms;
+    cfg.prefix_cache = prefix_cache_on();
     char err[256];
     struct engine *e = engine_create(model, tok, &cfg, err, sizeof(err));
     ck_assert_msg(e != NULL, "engine_create: %s", err);
@@ -744,6 +756,133 @@ START_TEST(test_engine_prompt_logprobs_equal_completion_logprobs) {
 }
 END_TEST
 
+/* Bitwise: same tokens, same text, same logprob for every token. */
+static void assert_identical(const struct outcome *a, const struct outcome *b) {
+    assert_same_outcome(a, b, 1);
+    for (int32_t t = 0; t < a->n_tokens[0]; t++) {
+        ck_assert_msg(memcmp(&a->logprob[0][t], &b->logprob[0][t], sizeof(float)) == 0,
+                      "token %d: logprob %.9g vs %.9g", t, (double)a->logprob[0][t],
+                      (double)b->logprob[0][t]);
+    }
+    ck_assert_msg(a->sum_logprob[0] == b->sum_logprob[0], "%.17g vs %.17g", a->sum_logprob[0],
+                  b->sum_logprob[0]);
+}
+
+static void run_one(struct engine *e, struct job *job) {
+    job_submit(e, job);
+    wait_all(job, 1);
+    ck_assert(!job->out.has_error);
+    release_all(job, 1);
+}
+
+/* A prompt served from the prefix cache gives the same tokens and logprobs, bit for bit, as
+ * served cold; a prompt sharing only a prefix reuses those blocks; echo with prompt logprobs
+ * bypasses the cache (it needs every prompt position's logits). Loop: greedy, then sampled. */
+START_TEST(test_engine_prefix_cache_hit_is_identical_to_cold) {
+    if (!prefix_cache_on()) {
+        return; /* this suite's run without the cache: nothing to compare */
+    }
+    float temperature = _i == 0 ? 0.0f : 0.9f;
+    static struct job cold, warm, other_cold, other_warm, echo;
+    job_init(&cold, 100, 31, 24, temperature, 77);
+    job_init(&warm, 100, 31, 24, temperature, 77);
+    job_init(&other_cold, 100, 31, 24, temperature, 78);
+    for (int32_t i = 70; i < 100; i++) {
+        other_cold.prompt[i] = 13 + i; /* shares the first 64 tokens (4 blocks) */
+    }
+    other_warm = other_cold;
+    cold.params.sampling.logprobs = warm.params.sampling.logprobs = 0;
+    other_cold.params.sampling.logprobs = other_warm.params.sampling.logprobs = 0;
+    other_cold.params.prompt = other_cold.prompt;
+    other_warm.params.prompt = other_warm.prompt;
+
+    struct engine *e = make_engine((size_t)16 << 20, 64, 256, 0);
+    ck_assert_int_eq(engine_start(e), 0);
+    run_one(e, &cold);
+    ck_assert_int_eq(cold.out.n_cached, 0);
+    run_one(e, &warm);
+    ck_assert_int_eq(warm.out.n_cached, 96); /* 99 tokens looked up: 6 whole blocks */
+    assert_identical(&cold.out, &warm.out);
+    run_one(e, &other_warm);
+    ck_assert_int_eq(other_warm.out.n_cached, 64);
+    job_init(&echo, 100, 31, 4, temperature, 77);
+    echo.params.want_prompt_logprobs = true;
+    echo.params.sampling.logprobs = 0;
+    run_one(e, &echo);
+    ck_assert_int_eq(echo.out.n_cached, 0);
+    struct engine_metrics m;
+    engine_get_metrics(e, &m);
+    ck_assert_uint_eq(m.prefix_cache_hits, 96 + 64);
+    ck_assert_uint_ge(m.prefix_cache_queries, 3 * 100);
+    ck_assert_int_gt(m.kv_blocks_cached, 0);
+    ck_assert_int_eq(m.kv_blocks_used, 0); /* cached blocks no sequence holds are free */
+    engine_destroy(e);
+
+    /* The prefix-sharing prompt cold, on an engine without the cache. */
+    struct engine_config cfg;
+    engine_config_init_default(&cfg);
+    cfg.kv_cache_bytes = (size_t)16 << 20;
+    cfg.max_batch_tokens = 64;
+    cfg.prefix_cache = false;
+    char err[256];
+    e = engine_create(model, tok, &cfg, err, sizeof(err));
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(engine_start(e), 0);
+    run_one(e, &other_cold);
+    ck_assert_int_eq(other_cold.out.n_cached, 0);
+    assert_identical(&other_cold.out, &other_warm.out);
+    engine_get_metrics(e, &m);
+    ck_assert_uint_eq(m.prefix_cache_hits, 0);
+    ck_assert_int_eq(m.kv_blocks_cached, 0);
+    engine_destroy(e);
+}
+END_TEST
+
+/* Under pressure: a pool of about 40 blocks, 32 requests that share one 48-token system
+ * prefix, run together and preempting each other: cached blocks are evicted as needed, the
+ * shared ones reused, and every output equals the request's own cold run. */
+START_TEST(test_engine_prefix_cache_under_pressure_keeps_outputs) {
+    static struct job alone[N_MIXED], together[N_MIXED];
+    mixed_jobs(alone);
+    mixed_jobs(together);
+    for (int i = 0; i < N_MIXED; i++) {
+        for (int32_t k = 0; k < 48 && k < (int32_t)alone[i].params.n_prompt; k++) {
+            alone[i].prompt[k] = together[i].prompt[k] = 500 + k;
+        }
+    }
+    struct engine_config cfg;
+    engine_config_init_default(&cfg);
+    cfg.kv_cache_bytes = (size_t)64 << 20;
+    cfg.max_batch_tokens = 64;
+    cfg.prefix_cache = false;
+    char err[256];
+    struct engine *e = engine_create(model, tok, &cfg, err, sizeof(err));
+    ck_assert_int_eq(engine_start(e), 0);
+    run_alone(e, alone, N_MIXED);
+    engine_destroy(e);
+
+    size_t per_block = 2 * 4 * 64 * KV_BLOCK_SIZE * sizeof(float);
+    e = make_engine(40 * per_block, 64, 256, 0);
+    for (int i = 0; i < N_MIXED; i++) {
+        job_submit(e, &together[i]);
+    }
+    ck_assert_int_eq(engine_start(e), 0);
+    wait_all(together, N_MIXED);
+    for (int i = 0; i < N_MIXED; i++) {
+        ck_assert(!together[i].out.has_error);
+        assert_same_outcome(&alone[i].out, &together[i].out, 1);
+    }
+    release_all(together, N_MIXED);
+    struct engine_metrics m;
+    engine_get_metrics(e, &m);
+    ck_assert_int_eq(m.kv_blocks_used, 0);
+    if (prefix_cache_on()) {
+        ck_assert_uint_gt(m.prefix_cache_hits, 0);
+    }
+    engine_destroy(e);
+}
+END_TEST
+
 static Suite *engine_suite(void) {
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("core");
@@ -763,6 +902,8 @@ static Suite *engine_suite(void) {
     tcase_add_test(tc, test_engine_repetition_penalty_matches_transformers);
     tcase_add_loop_test(tc, test_engine_prompt_logprobs_equal_completion_logprobs, 0, 2);
     tcase_add_test(tc, test_engine_refuses_a_tokenizer_larger_than_the_model);
+    tcase_add_loop_test(tc, test_engine_prefix_cache_hit_is_identical_to_cold, 0, 2);
+    tcase_add_test(tc, test_engine_prefix_cache_under_pressure_keeps_outputs);
     suite_add_tcase(s, tc);
     return s;
 }

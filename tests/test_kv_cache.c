@@ -1,7 +1,9 @@
 /*
  * test_kv_cache.c: the paged KV cache: block accounting, all-or-nothing reservation, context
- * limits, fork with reference counts, copy-on-write of a shared block, truncation, and return
- * of every block to the pool. Uses the tiny golden model only for its shape.
+ * limits, fork with reference counts, copy-on-write of a shared block, truncation, return of
+ * every block to the pool, and the prefix cache (whole-block matching, LRU eviction that never
+ * touches blocks in use, keys dropped before a block is rewritten). Uses the tiny golden model
+ * only for its shape.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,6 +197,144 @@ START_TEST(test_truncate_frees_blocks_past_the_end) {
 }
 END_TEST
 
+/* ---- prefix cache ---- */
+
+/* A sequence that "computed" n tokens: reserved, positions written, full blocks committed. */
+static void compute(struct kv_seq *seq, const int32_t *tokens, int32_t n) {
+    ck_assert_int_eq(kv_seq_reserve(g_kv, seq, n - seq->n_pos), KV_OK);
+    seq->n_pos = n;
+    kv_seq_commit_prefix(g_kv, seq, tokens);
+}
+
+static void fill(int32_t *t, int32_t n, int32_t first) {
+    for (int32_t i = 0; i < n; i++) {
+        t[i] = first + i;
+    }
+}
+
+START_TEST(test_prefix_cache_matches_whole_blocks_of_an_equal_prefix) {
+    int32_t a[64], b[64];
+    fill(a, 64, 100);
+    memcpy(b, a, sizeof(a));
+    b[40] = 9; /* differs in the third block */
+    struct kv_seq s1, s2, s3;
+    kv_seq_init(&s1, g_kv);
+    kv_seq_init(&s2, g_kv);
+    kv_seq_init(&s3, g_kv);
+    compute(&s1, a, 50); /* blocks 0..2 full, block 3 partial */
+    ck_assert_int_eq(s1.n_keyed, 3);
+    ck_assert_int_eq(kv_cache_n_blocks_cached(g_kv), 3);
+    /* While s1 runs: b shares its first two blocks (by reference), not the third. */
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &s2, b, 63), 32);
+    ck_assert_int_eq(s2.blocks[0], s1.blocks[0]);
+    ck_assert_int_eq(s2.blocks[1], s1.blocks[1]);
+    ck_assert_int_eq(g_kv->refcount[s1.blocks[0]], 2);
+    /* Never the partial block, and never past n_tokens: 47 tokens hold 2 whole blocks. */
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &s3, a, 47), 32);
+    kv_seq_finish(g_kv, &s3);
+    kv_seq_init(&s3, g_kv);
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &s3, a, 63), 48);
+    kv_seq_finish(g_kv, &s3);
+    /* After s1 and s2 end, the keyed blocks stay cached and count as free. */
+    kv_seq_finish(g_kv, &s1);
+    kv_seq_finish(g_kv, &s2);
+    ck_assert_int_eq(kv_cache_n_blocks_free(g_kv), 10);
+    ck_assert_int_eq(kv_cache_n_blocks_evictable(g_kv), 3);
+    kv_seq_init(&s1, g_kv);
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &s1, a, 64), 48);
+    ck_assert_int_eq(kv_cache_n_blocks_evictable(g_kv), 0);
+    ck_assert_int_eq(kv_cache_n_blocks_free(g_kv), 7);
+    kv_seq_finish(g_kv, &s1);
+    /* Another text: nothing. */
+    int32_t c[64];
+    fill(c, 64, 5000);
+    kv_seq_init(&s1, g_kv);
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &s1, c, 64), 0);
+    ck_assert_int_eq(s1.n_blocks, 0);
+    kv_seq_finish(g_kv, &s1);
+}
+END_TEST
+
+START_TEST(test_prefix_cache_evicts_least_recent_and_never_blocks_in_use) {
+    int32_t a[32], b[32], c[160];
+    fill(a, 32, 1);
+    fill(b, 32, 1000);
+    fill(c, 160, 20000);
+    struct kv_seq sa, sb, sc, held;
+    kv_seq_init(&sa, g_kv);
+    kv_seq_init(&sb, g_kv);
+    kv_seq_init(&sc, g_kv);
+    kv_seq_init(&held, g_kv);
+    compute(&sa, a, 32);
+    compute(&sb, b, 32);
+    kv_seq_finish(g_kv, &sa); /* a's blocks become evictable first: the least recent */
+    kv_seq_finish(g_kv, &sb);
+    ck_assert_int_eq(kv_cache_n_blocks_evictable(g_kv), 4);
+    /* held keeps b's blocks in use. */
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &held, b, 32), 32);
+    ck_assert_int_eq(kv_cache_n_blocks_free(g_kv), 8);
+    /* 8 fresh blocks are wanted: 6 from the stack, then a's 2 are evicted; b's are not. */
+    ck_assert_int_eq(kv_seq_reserve(g_kv, &sc, 8 * KV_BLOCK_SIZE), KV_OK);
+    ck_assert_int_eq(kv_cache_n_blocks_free(g_kv), 0);
+    ck_assert_int_eq(kv_seq_reserve(g_kv, &sc, 9 * KV_BLOCK_SIZE), KV_ERR_NO_BLOCKS);
+    kv_seq_finish(g_kv, &sc);
+    kv_seq_init(&sc, g_kv);
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &sc, a, 32), 0); /* evicted */
+    kv_seq_finish(g_kv, &sc);
+    kv_seq_init(&sc, g_kv);
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &sc, b, 32), 32); /* in use: kept */
+    kv_seq_finish(g_kv, &sc);
+    kv_seq_finish(g_kv, &held);
+    ck_assert_int_eq(kv_cache_n_blocks_free(g_kv), 10);
+}
+END_TEST
+
+START_TEST(test_prefix_cache_block_loses_its_key_before_it_is_rewritten) {
+    int32_t a[48];
+    fill(a, 48, 77);
+    struct kv_seq s, t;
+    kv_seq_init(&s, g_kv);
+    kv_seq_init(&t, g_kv);
+    compute(&s, a, 48);
+    ck_assert_int_eq(kv_cache_n_blocks_cached(g_kv), 3);
+    /* A fork shares keyed blocks; its write into block 2 copies it, the original keeps its
+     * key. */
+    kv_seq_fork(g_kv, &t, &s);
+    kv_seq_truncate(g_kv, &t, 40);
+    ck_assert_int_eq(t.n_keyed, 2);
+    ck_assert_int_eq(kv_seq_reserve(g_kv, &t, 1), KV_OK);
+    ck_assert_int_ne(t.blocks[2], s.blocks[2]);
+    ck_assert_int_eq(g_kv->flags[t.blocks[2]], 0);
+    ck_assert_int_eq(kv_cache_n_blocks_cached(g_kv), 3);
+    kv_seq_finish(g_kv, &t);
+    /* Sole holder: truncating into a keyed block and writing it drops the key in place. */
+    int32_t old = s.blocks[2];
+    kv_seq_truncate(g_kv, &s, 40);
+    ck_assert_int_eq(kv_seq_reserve(g_kv, &s, 1), KV_OK);
+    ck_assert_int_eq(s.blocks[2], old);
+    ck_assert_int_eq(g_kv->flags[old], 0);
+    ck_assert_int_eq(kv_cache_n_blocks_cached(g_kv), 2);
+    kv_seq_finish(g_kv, &s);
+    kv_seq_init(&s, g_kv);
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &s, a, 48), 32);
+    kv_seq_finish(g_kv, &s);
+    /* The same prefix computed twice at once: one block is found, both work. */
+    struct kv_seq u, v, w;
+    kv_seq_init(&u, g_kv);
+    kv_seq_init(&v, g_kv);
+    kv_seq_init(&w, g_kv);
+    int32_t d[32];
+    fill(d, 32, 900);
+    compute(&u, d, 32);
+    compute(&v, d, 32);
+    ck_assert_int_eq(kv_seq_match_prefix(g_kv, &w, d, 32), 32);
+    kv_seq_finish(g_kv, &u);
+    kv_seq_finish(g_kv, &v);
+    kv_seq_finish(g_kv, &w);
+    ck_assert_int_eq(kv_cache_n_blocks_free(g_kv), 10);
+}
+END_TEST
+
 static Suite *kv_suite(void) {
     Suite *s = suite_create("kv_cache");
     TCase *tc = tcase_create("blocks");
@@ -208,6 +348,9 @@ static Suite *kv_suite(void) {
     tcase_add_test(tc, test_copy_on_write_counts_toward_the_reservation);
     tcase_add_test(tc, test_f16_cache_halves_blocks_and_copies_them_whole);
     tcase_add_test(tc, test_truncate_frees_blocks_past_the_end);
+    tcase_add_test(tc, test_prefix_cache_matches_whole_blocks_of_an_equal_prefix);
+    tcase_add_test(tc, test_prefix_cache_evicts_least_recent_and_never_blocks_in_use);
+    tcase_add_test(tc, test_prefix_cache_block_loses_its_key_before_it_is_rewritten);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -347,6 +347,7 @@ START_TEST(test_response_chat_body_has_message_and_chat_logprobs) {
     ck_assert_int_eq(completion_builder_event(b, 0, &ev, NULL), 0);
     ev = finish_ev(0, ENGINE_FINISH_STOP, "", 6, 3, -1.5);
     ev.is_eos = true;
+    ev.n_cached_tokens = 16; /* the prompt's first block came from the prefix cache */
     ck_assert_int_eq(completion_builder_event(b, 0, &ev, NULL), 0);
     struct sbuf out;
     sbuf_init(&out);
@@ -378,6 +379,9 @@ START_TEST(test_response_chat_body_has_message_and_chat_logprobs) {
     ck_assert_int_eq(cJSON_GetArraySize(get(cJSON_GetArrayItem(top, 1), "bytes")), 1);
     ck_assert_int_eq(get(get(j, "usage"), "prompt_tokens")->valueint, 2);
     ck_assert_int_eq(get(get(j, "usage"), "completion_tokens")->valueint, 3);
+    ck_assert_int_eq(get(get(get(j, "usage"), "prompt_tokens_details"), "cached_tokens")->valueint,
+                     16);
+    ck_assert_int_eq(completion_builder_cached_tokens(b), 16);
     cJSON_Delete(j);
     sbuf_finish(&out);
     completion_builder_destroy(b);

@@ -36,10 +36,12 @@ struct engine_config {
     int32_t max_queue;         /* waiting requests before submit says overloaded */
     int64_t queue_timeout_ms;  /* a request still waiting after this fails (overloaded) */
     int32_t max_logprobs_rows; /* logit rows one step can return (prompt logprobs, n > 1) */
+    bool prefix_cache;         /* reuse cached KV blocks of a prompt's prefix (--prefix-cache,
+                                  default on); outputs are identical either way */
 };
 
 /* Defaults: 256 MiB KV, 256 batch tokens, prefill chunk 12, max_queue 256, 30 s queue
- * timeout. */
+ * timeout, prefix cache on. */
 void engine_config_init_default(struct engine_config *cfg);
 
 enum engine_status {
@@ -112,6 +114,8 @@ struct engine_event {
     int32_t stop_token;    /* the EOS / stop token id that ended it, or -1 */
     bool is_eos;           /* stop_token is one of the model's end tokens (stop_reason null) */
     int32_t n_prompt_tokens;
+    int32_t n_cached_tokens; /* prompt tokens whose K/V came from the prefix cache when the
+                                request was first admitted */
     int32_t n_completion_tokens;
     double sum_logprob; /* sum of the choice's raw token logprobs (best_of ranking: mean =
                            sum / n_completion_tokens) */
@@ -176,6 +180,10 @@ struct engine_metrics {
         requests_failed;
     uint64_t preemptions;
     uint64_t prompt_tokens, generation_tokens;
+    /* Prefix cache: tokens looked up at admission, tokens found; blocks holding a cached
+     * prefix (in use or evictable). */
+    uint64_t prefix_cache_queries, prefix_cache_hits;
+    int64_t kv_blocks_cached;
     uint64_t steps;
     struct engine_histogram step_seconds, batch_rows, queue_seconds, ttft_seconds, itl_seconds,
         e2e_seconds;

@@ -116,6 +116,7 @@ struct kv_seq {
     int32_t n_blocks; /* blocks in use */
     int32_t n_pos;    /* positions whose K/V are stored */
     int32_t max_blocks;
+    int32_t n_keyed; /* leading full blocks kv_seq_commit_prefix has keyed (prefix cache) */
 };
 
 /* How K and V are stored. F16 holds twice the positions per byte and reads half the bytes in
@@ -151,6 +152,29 @@ enum kv_status kv_seq_reserve(struct kv_cache *kv, struct kv_seq *seq, int32_t n
 void kv_seq_fork(struct kv_cache *kv, struct kv_seq *dst, const struct kv_seq *src);
 /* Drops positions >= n_pos (frees whole blocks past the end). */
 void kv_seq_truncate(struct kv_cache *kv, struct kv_seq *seq, int32_t n_pos);
+
+/*
+ * Prefix caching. A full block (KV_BLOCK_SIZE positions) is identified by a chain key: a hash
+ * of its parent block's key (the first block's parent is the cache's own root: the KV layout
+ * and dtype) and its token ids, kept with the ids themselves so that a hash collision can
+ * never hand out another text's K/V. kv_seq_commit_prefix keys the full blocks a sequence has
+ * computed; when their last holder lets go they stay cached, counted as free, in LRU order, and
+ * are evicted only when the free stack runs out. Blocks in use are never evicted. A keyed block
+ * that is about to be written (after kv_seq_truncate) loses its key first.
+ *
+ * kv_seq_match_prefix: seq must be empty. Appends the longest run of cached blocks whose keys
+ * chain over tokens[0 .. n_tokens) (whole blocks only) to seq's table, sharing them by
+ * reference, and returns the positions matched (a multiple of KV_BLOCK_SIZE, <= n_tokens).
+ * Pass n_tokens = prompt length - 1 to keep at least the last token for prefill (its logits).
+ */
+int32_t kv_seq_match_prefix(struct kv_cache *kv, struct kv_seq *seq, const int32_t *tokens,
+                            int32_t n_tokens);
+/* Keys the full blocks of seq[0 .. n_pos) not keyed yet; tokens are seq's ids by position. */
+void kv_seq_commit_prefix(struct kv_cache *kv, struct kv_seq *seq, const int32_t *tokens);
+/* Blocks that hold a cached prefix (in use or evictable), and those of them no sequence holds
+ * (counted in kv_cache_n_blocks_free). */
+int32_t kv_cache_n_blocks_cached(const struct kv_cache *kv);
+int32_t kv_cache_n_blocks_evictable(const struct kv_cache *kv);
 
 /* One sequence's part of a ragged batch. */
 struct model_batch_seq {

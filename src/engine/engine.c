@@ -47,6 +47,7 @@ void engine_config_init_default(struct engine_config *cfg) {
     cfg->max_queue = 256;
     cfg->queue_timeout_ms = 30000;
     cfg->max_logprobs_rows = 0;
+    cfg->prefix_cache = true;
 }
 
 static int32_t blocks_for(int64_t n_pos) {
@@ -198,6 +199,26 @@ static void push_text_locked(struct engine_request *req, struct engine_event *ev
 static void update_gauges(struct engine *e) {
     atomic_store(&e->m_running, e->n_running_seqs);
     atomic_store(&e->m_kv_used, kv_cache_n_blocks_total(e->kv) - kv_cache_n_blocks_free(e->kv));
+    atomic_store(&e->m_kv_cached, kv_cache_n_blocks_cached(e->kv));
+}
+
+/* A sequence starts (or restarts after preemption): the longest cached prefix of its tokens
+ * is shared from the prefix cache and only the rest is prefilled -- always at least the last
+ * token, whose logits start the answer. Requests that want every prompt position's logprobs
+ * (echo + logprobs) compute the prompt themselves: cached blocks hold K/V, not logits. */
+static void seq_match_prefix(struct engine *e, struct seq *seq) {
+    struct engine_request *req = seq->req;
+    if (!e->cfg.prefix_cache || req->params.want_prompt_logprobs || seq->kv.n_pos != 0) {
+        return;
+    }
+    int32_t hit = kv_seq_match_prefix(e->kv, &seq->kv, seq->tokens, seq->n_tokens - 1);
+    seq->n_computed = hit;
+    atomic_fetch_add(&e->m_prefix_queries, (uint64_t)seq->n_tokens);
+    atomic_fetch_add(&e->m_prefix_hits, (uint64_t)hit);
+    if (seq->index == 0 && !req->is_cache_counted) {
+        req->n_cached_tokens = hit < req->n_prompt ? hit : req->n_prompt;
+        req->is_cache_counted = true;
+    }
 }
 
 static void request_fail(struct engine *e, struct engine_request *req, enum engine_status st,
@@ -331,6 +352,7 @@ static void request_cancelled(struct engine *e, struct engine_request *req, bool
                 event_init(&ev, ENGINE_EVENT_FINISH, req->seqs[i].index);
                 ev.finish_reason = ENGINE_FINISH_CANCELLED;
                 ev.n_prompt_tokens = req->n_prompt;
+                ev.n_cached_tokens = req->n_cached_tokens;
                 ev.n_completion_tokens = req->seqs[i].n_generated;
                 push_locked(req, &ev);
             }
@@ -555,6 +577,7 @@ static void plan_step(struct engine *e, struct step_plan *plan) {
                 continue;
             }
             seq->state = SEQ_STATE_RUNNING;
+            seq_match_prefix(e, seq);
             budget -= plan_prefill(e, plan, seq, budget, long_cap);
         }
         /* Sequences not started for lack of rows are RUNNING with work left: step 2 of the
@@ -612,6 +635,7 @@ static void seq_finish_locked(struct engine *e, struct seq *seq, enum engine_fin
         snprintf(ev.stop_reason, sizeof(ev.stop_reason), "%s", req->params.sampling.stop[i_stop]);
     }
     ev.n_prompt_tokens = req->n_prompt;
+    ev.n_cached_tokens = req->n_cached_tokens;
     ev.n_completion_tokens = seq->n_generated;
     ev.sum_logprob = seq->sum_logprob;
     push_locked(req, &ev);
@@ -842,6 +866,7 @@ static void beam_finalize(struct engine *e, struct engine_request *req) {
         ev.stop_token = is_hyp ? e->eos_id : -1;
         ev.is_eos = is_hyp;
         ev.n_prompt_tokens = req->n_prompt;
+        ev.n_cached_tokens = req->n_cached_tokens;
         ev.n_completion_tokens = len + (is_hyp ? 1 : 0);
         ev.sum_logprob = is_hyp ? req->hyp_sum[c] : seq->beam_score;
         push_locked(req, &ev);
@@ -1045,6 +1070,9 @@ static void engine_step(struct engine *e) {
         int32_t start = e->batch_start[i];
         int32_t end = start + b->n_tokens;
         seq->n_computed = end;
+        if (e->cfg.prefix_cache) {
+            kv_seq_commit_prefix(e->kv, &seq->kv, seq->tokens); /* its newly full blocks */
+        }
         if (start < seq->req->n_prompt) {
             int32_t prompt_end = end < seq->req->n_prompt ? end : seq->req->n_prompt;
             atomic_fetch_add(&e->m_prompt_tokens, (uint64_t)(prompt_end - start));
@@ -1185,6 +1213,9 @@ void engine_get_metrics(struct engine *e, struct engine_metrics *m) {
     m->requests_rejected = atomic_load(&e->m_rejected);
     m->requests_failed = atomic_load(&e->m_failed);
     m->preemptions = atomic_load(&e->m_preemptions);
+    m->prefix_cache_queries = atomic_load(&e->m_prefix_queries);
+    m->prefix_cache_hits = atomic_load(&e->m_prefix_hits);
+    m->kv_blocks_cached = atomic_load(&e->m_kv_cached);
     m->prompt_tokens = atomic_load(&e->m_prompt_tokens);
     m->generation_tokens = atomic_load(&e->m_generation_tokens);
     m->steps = atomic_load(&e->m_steps);

@@ -83,6 +83,8 @@ struct engine_request {
     int32_t n_finished;
     int32_t n_prompt_logprobs_done; /* prompt positions whose logprobs were emitted */
     int64_t t_submit_us, t_admit_us, t_first_token_us;
+    int32_t n_cached_tokens; /* prefix-cache hit of sequence 0 at its first admission */
+    bool is_cache_counted;
     uint64_t admit_order;
     bool is_admitted;
     struct engine_request *next; /* submit queue / waiting list link */
@@ -134,6 +136,8 @@ struct engine {
     /* Metrics. */
     atomic_long m_running;
     atomic_long m_kv_used;
+    atomic_long m_kv_cached;
+    _Atomic uint64_t m_prefix_queries, m_prefix_hits;
     _Atomic uint64_t m_started, m_completed, m_cancelled, m_rejected, m_failed, m_preemptions,
         m_prompt_tokens, m_generation_tokens, m_steps;
     struct hist_acc h_step, h_rows, h_queue, h_ttft, h_itl, h_e2e;

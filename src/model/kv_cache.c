@@ -4,6 +4,12 @@
  * tables. Sequences of one group share blocks by reference (kv_seq_fork); a block about to be
  * written while shared is copied first (kv_seq_reserve), so forks never see each other's
  * tokens. Elements are float32 or (opt-in) IEEE half. Engine thread only: no locks.
+ *
+ * Prefix cache (model.h): full blocks carry a chain key (parent key + token ids, the ids kept
+ * to rule out collisions) in a bucket hash; a keyed block that becomes free joins an LRU list
+ * rather than the free stack and is evicted, oldest first, only when the free stack is empty.
+ * Every table is allocated here at start-up: matching, committing and evicting allocate
+ * nothing.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,9 +78,32 @@ struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_b
     kv->data = aligned_alloc(64, data_bytes);
     kv->refcount = calloc(n_blocks, sizeof(*kv->refcount));
     kv->free_ids = malloc(n_blocks * sizeof(*kv->free_ids));
-    if (kv->data == NULL || kv->refcount == NULL || kv->free_ids == NULL) {
+    uint32_t n_buckets = 16;
+    while (n_buckets < 2 * n_blocks && n_buckets < (1u << 30)) {
+        n_buckets *= 2;
+    }
+    kv->bucket_mask = n_buckets - 1;
+    kv->key = calloc(n_blocks, sizeof(*kv->key));
+    kv->parent_key = calloc(n_blocks, sizeof(*kv->parent_key));
+    kv->key_tokens = calloc(n_blocks * KV_BLOCK_SIZE, sizeof(*kv->key_tokens));
+    kv->flags = calloc(n_blocks, sizeof(*kv->flags));
+    kv->bucket = malloc(n_buckets * sizeof(*kv->bucket));
+    kv->next_in_bucket = malloc(n_blocks * sizeof(*kv->next_in_bucket));
+    kv->lru_prev = malloc(n_blocks * sizeof(*kv->lru_prev));
+    kv->lru_next = malloc(n_blocks * sizeof(*kv->lru_next));
+    if (kv->data == NULL || kv->refcount == NULL || kv->free_ids == NULL || kv->key == NULL ||
+        kv->parent_key == NULL || kv->key_tokens == NULL || kv->flags == NULL ||
+        kv->bucket == NULL || kv->next_in_bucket == NULL || kv->lru_prev == NULL ||
+        kv->lru_next == NULL) {
         goto oom;
     }
+    for (uint32_t i = 0; i < n_buckets; i++) {
+        kv->bucket[i] = -1;
+    }
+    kv->lru_head = kv->lru_tail = -1;
+    /* The chain's root: a block's K/V depend on the model and how they are stored. */
+    kv->salt = 0x6770746470726566ULL ^ ((uint64_t)etype << 56) ^ ((uint64_t)kv->n_layer << 32) ^
+               (uint64_t)(uint32_t)kv_dim;
     /* Touch every page now: the budget is committed at start-up (a server that cannot have it
      * should fail here, not mid-request), and no decode step pays first-touch page faults. */
     memset(kv->data, 0, data_bytes);
@@ -97,6 +126,14 @@ void kv_cache_destroy(struct kv_cache *kv) {
     free(kv->data);
     free(kv->refcount);
     free(kv->free_ids);
+    free(kv->key);
+    free(kv->parent_key);
+    free(kv->key_tokens);
+    free(kv->flags);
+    free(kv->bucket);
+    free(kv->next_in_bucket);
+    free(kv->lru_prev);
+    free(kv->lru_next);
     free(kv);
 }
 
@@ -105,7 +142,15 @@ int32_t kv_cache_n_blocks_total(const struct kv_cache *kv) {
 }
 
 int32_t kv_cache_n_blocks_free(const struct kv_cache *kv) {
-    return kv->n_free;
+    return kv->n_free + kv->n_lru; /* evictable cached blocks are free to take */
+}
+
+int32_t kv_cache_n_blocks_cached(const struct kv_cache *kv) {
+    return kv->n_in_map;
+}
+
+int32_t kv_cache_n_blocks_evictable(const struct kv_cache *kv) {
+    return kv->n_lru;
 }
 
 size_t kv_cache_bytes_per_block(const struct kv_cache *kv) {
@@ -116,15 +161,108 @@ enum kv_dtype kv_cache_dtype(const struct kv_cache *kv) {
     return kv->etype == KERNEL_W_F16 ? KV_DTYPE_F16 : KV_DTYPE_F32;
 }
 
+/* ---- the prefix cache's tables ---- */
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* The chain key of a block of KV_BLOCK_SIZE ids after a block keyed parent. */
+static uint64_t block_key(uint64_t parent, const int32_t *tokens) {
+    uint64_t h = mix64(parent + 0x9e3779b97f4a7c15ULL);
+    for (int32_t i = 0; i < KV_BLOCK_SIZE; i++) {
+        h = mix64(h ^ ((uint64_t)(uint32_t)tokens[i] + ((uint64_t)i << 32)));
+    }
+    return h;
+}
+
+static int32_t *bucket_of(struct kv_cache *kv, uint64_t key) {
+    return &kv->bucket[(uint32_t)(key ^ (key >> 32)) & kv->bucket_mask];
+}
+
+/* The block in the map with this key, parent and ids, or -1. */
+static int32_t map_find(struct kv_cache *kv, uint64_t key, uint64_t parent, const int32_t *tokens) {
+    for (int32_t b = *bucket_of(kv, key); b >= 0; b = kv->next_in_bucket[b]) {
+        if (kv->key[b] == key && kv->parent_key[b] == parent &&
+            memcmp(kv->key_tokens + (size_t)b * KV_BLOCK_SIZE, tokens,
+                   KV_BLOCK_SIZE * sizeof(*tokens)) == 0) {
+            return b;
+        }
+    }
+    return -1;
+}
+
+static void map_remove(struct kv_cache *kv, int32_t b) {
+    int32_t *link = bucket_of(kv, kv->key[b]);
+    while (*link >= 0 && *link != b) {
+        link = &kv->next_in_bucket[*link];
+    }
+    if (*link == b) {
+        *link = kv->next_in_bucket[b];
+        kv->n_in_map--;
+    }
+    kv->flags[b] &= (uint8_t)~BLOCK_IN_MAP;
+}
+
+static void lru_push(struct kv_cache *kv, int32_t b) {
+    kv->lru_prev[b] = kv->lru_tail;
+    kv->lru_next[b] = -1;
+    if (kv->lru_tail >= 0) {
+        kv->lru_next[kv->lru_tail] = b;
+    } else {
+        kv->lru_head = b;
+    }
+    kv->lru_tail = b;
+    kv->n_lru++;
+}
+
+static void lru_remove(struct kv_cache *kv, int32_t b) {
+    if (kv->lru_prev[b] >= 0) {
+        kv->lru_next[kv->lru_prev[b]] = kv->lru_next[b];
+    } else {
+        kv->lru_head = kv->lru_next[b];
+    }
+    if (kv->lru_next[b] >= 0) {
+        kv->lru_prev[kv->lru_next[b]] = kv->lru_prev[b];
+    } else {
+        kv->lru_tail = kv->lru_prev[b];
+    }
+    kv->n_lru--;
+}
+
+/* The block's contents are about to change: it no longer stands for its key. */
+static void block_unkey(struct kv_cache *kv, int32_t b) {
+    if (kv->flags[b] & BLOCK_IN_MAP) {
+        map_remove(kv, b);
+    }
+    kv->flags[b] = 0;
+}
+
+/* A free block: from the free stack, else the least recently used cached one (evicted). The
+ * caller has checked kv_cache_n_blocks_free. */
 static int32_t block_pop(struct kv_cache *kv) {
-    int32_t id = kv->free_ids[--kv->n_free];
+    int32_t id;
+    if (kv->n_free > 0) {
+        id = kv->free_ids[--kv->n_free];
+    } else {
+        id = kv->lru_head;
+        lru_remove(kv, id);
+        block_unkey(kv, id);
+    }
     kv->refcount[id] = 1;
     return id;
 }
 
 static void block_release(struct kv_cache *kv, int32_t id) {
     if (--kv->refcount[id] == 0) {
-        kv->free_ids[kv->n_free++] = id;
+        if (kv->flags[id] & BLOCK_IN_MAP) {
+            lru_push(kv, id); /* still a cached prefix: evicted only when needed */
+        } else {
+            kv->flags[id] = 0;
+            kv->free_ids[kv->n_free++] = id;
+        }
     }
 }
 
@@ -163,12 +301,17 @@ enum kv_status kv_seq_reserve(struct kv_cache *kv, struct kv_seq *seq, int32_t n
             n_needed++;
         }
     }
-    if (n_needed > kv->n_free) {
+    if (n_needed > kv_cache_n_blocks_free(kv)) {
         return KV_ERR_NO_BLOCKS;
+    }
+    if (seq->n_keyed > first) {
+        seq->n_keyed = first; /* blocks from `first` on are written below */
     }
     for (int32_t i = first; i <= last; i++) {
         if (i >= seq->n_blocks) {
             seq->blocks[seq->n_blocks++] = block_pop(kv);
+        } else if (kv->refcount[seq->blocks[i]] == 1 && kv->flags[seq->blocks[i]] != 0) {
+            block_unkey(kv, seq->blocks[i]); /* ours alone: rewritten in place */
         } else if (kv->refcount[seq->blocks[i]] > 1) {
             /* Copy-on-write: the other holders keep the original. */
             int32_t old = seq->blocks[i];
@@ -196,6 +339,7 @@ void kv_seq_fork(struct kv_cache *kv, struct kv_seq *dst, const struct kv_seq *s
     }
     dst->n_blocks = n_used;
     dst->n_pos = src->n_pos;
+    dst->n_keyed = src->n_keyed < n_used ? src->n_keyed : n_used;
 }
 
 void kv_seq_truncate(struct kv_cache *kv, struct kv_seq *seq, int32_t n_pos) {
@@ -212,5 +356,64 @@ void kv_seq_truncate(struct kv_cache *kv, struct kv_seq *seq, int32_t n_pos) {
     }
     if (seq->n_blocks > n_keep) {
         seq->n_blocks = n_keep;
+    }
+    if (seq->n_keyed > n_pos / KV_BLOCK_SIZE) {
+        seq->n_keyed = n_pos / KV_BLOCK_SIZE;
+    }
+}
+
+int32_t kv_seq_match_prefix(struct kv_cache *kv, struct kv_seq *seq, const int32_t *tokens,
+                            int32_t n_tokens) {
+    if (seq->n_blocks != 0 || seq->n_pos != 0) {
+        return 0;
+    }
+    uint64_t parent = kv->salt;
+    int32_t n = 0;
+    while ((n + 1) * KV_BLOCK_SIZE <= n_tokens && n < seq->max_blocks) {
+        const int32_t *t = tokens + (size_t)n * KV_BLOCK_SIZE;
+        uint64_t key = block_key(parent, t);
+        int32_t b = map_find(kv, key, parent, t);
+        if (b < 0) {
+            break;
+        }
+        if (kv->refcount[b] == 0) {
+            lru_remove(kv, b);
+        }
+        kv->refcount[b]++;
+        seq->blocks[n++] = b;
+        parent = key;
+    }
+    seq->n_blocks = n;
+    seq->n_pos = n * KV_BLOCK_SIZE;
+    seq->n_keyed = n;
+    return seq->n_pos;
+}
+
+void kv_seq_commit_prefix(struct kv_cache *kv, struct kv_seq *seq, const int32_t *tokens) {
+    int32_t n_full = seq->n_pos / KV_BLOCK_SIZE;
+    for (int32_t i = seq->n_keyed; i < n_full; i++) {
+        int32_t b = seq->blocks[i];
+        if (kv->flags[b] & BLOCK_HAS_KEY) {
+            continue; /* shared with the sequence that keyed it, or matched from the cache */
+        }
+        uint64_t parent = i > 0 ? kv->key[seq->blocks[i - 1]] : kv->salt;
+        const int32_t *t = tokens + (size_t)i * KV_BLOCK_SIZE;
+        uint64_t key = block_key(parent, t);
+        kv->key[b] = key;
+        kv->parent_key[b] = parent;
+        memcpy(kv->key_tokens + (size_t)b * KV_BLOCK_SIZE, t, KV_BLOCK_SIZE * sizeof(*t));
+        kv->flags[b] = BLOCK_HAS_KEY;
+        /* Two sequences may compute the same prefix at once: the first one keyed is the one
+         * found; the other block keeps its key (its children chain from it) but stays out. */
+        if (map_find(kv, key, parent, t) < 0) {
+            int32_t *head = bucket_of(kv, key);
+            kv->next_in_bucket[b] = *head;
+            *head = b;
+            kv->flags[b] |= BLOCK_IN_MAP;
+            kv->n_in_map++;
+        }
+    }
+    if (seq->n_keyed < n_full) {
+        seq->n_keyed = n_full;
     }
 }

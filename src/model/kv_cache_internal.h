@@ -24,6 +24,27 @@ struct kv_cache {
     int32_t kv_dim; /* KVD: a position's K (or V) row, KV heads side by side */
     int32_t n_ctx;
     size_t block_elems; /* L * 2 * KV_BLOCK_SIZE * KVD */
+
+    /* Prefix cache (kv_cache.c): a full block's chain key covers its parent's key and its
+     * KV_BLOCK_SIZE token ids; keyed blocks are found through a hash of buckets. A keyed block
+     * whose last holder lets go joins the LRU list instead of the free stack: it still counts
+     * as free and is evicted (unkeyed) only when the free stack is empty. */
+    uint64_t salt;           /* the chain's root key: the KV layout and dtype */
+    uint64_t *key;           /* (n_blocks,) chain key, valid with BLOCK_HAS_KEY */
+    uint64_t *parent_key;    /* (n_blocks,) the key it was chained from */
+    int32_t *key_tokens;     /* (n_blocks, KV_BLOCK_SIZE) the ids the key was made of */
+    uint8_t *flags;          /* (n_blocks,) BLOCK_HAS_KEY, BLOCK_IN_MAP */
+    int32_t *bucket;         /* (bucket_mask + 1,) first block of each bucket, -1 = none */
+    int32_t *next_in_bucket; /* (n_blocks,) */
+    uint32_t bucket_mask;
+    int32_t *lru_prev, *lru_next; /* (n_blocks,) evictable cached blocks, oldest first */
+    int32_t lru_head, lru_tail, n_lru;
+    int32_t n_in_map;
+};
+
+enum {
+    BLOCK_HAS_KEY = 1, /* key/parent_key/key_tokens describe the block's full contents */
+    BLOCK_IN_MAP = 2,  /* findable by prefix match (at most one block per key) */
 };
 
 /* Where K (is_v = 0) or V (is_v = 1) of layer l for position pos of seq starts, in elements

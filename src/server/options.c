@@ -99,6 +99,9 @@ static const struct opt opts[] = {
      "memory, faster decode; default auto)"},
     {"kv-cache-mb", 0, NUM(OPT_MIB, engine.kv_cache_bytes, 1, 1 << 20),
      "KV cache budget in MiB (default 256)"},
+    {"prefix-cache", 0, NUM(OPT_BOOL, engine.prefix_cache, 0, 1),
+     "reuse the KV blocks of prompt prefixes computed before (on|off, default on; outputs are "
+     "identical either way)"},
     {"kv-cache-dtype", 0, STR(kv_dtype),
      "f32 (exact) or f16 (twice the tokens per MiB, K/V rounded; default f32)"},
     {"prefill-chunk", 0, NUM(OPT_I32, engine.prefill_chunk, 0, 1 << 20),

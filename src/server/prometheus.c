@@ -49,6 +49,14 @@ enum MHD_Result prometheus_respond(struct conn *x) {
                     (double)m.kv_blocks_total);
         prom_metric(&b, "gptd_kv_blocks_free", "gauge", "KV cache blocks free.",
                     (double)(m.kv_blocks_total - m.kv_blocks_used));
+        prom_metric(&b, "gptd_kv_blocks_cached", "gauge",
+                    "KV cache blocks holding a cached prompt prefix (in use or evictable).",
+                    (double)m.kv_blocks_cached);
+        prom_metric(&b, "gptd_prefix_cache_queries_total", "counter",
+                    "Tokens looked up in the prefix cache when sequences started.",
+                    (double)m.prefix_cache_queries);
+        prom_metric(&b, "gptd_prefix_cache_hit_tokens_total", "counter",
+                    "Tokens whose K/V came from the prefix cache.", (double)m.prefix_cache_hits);
         prom_metric(&b, "gptd_requests_started_total", "counter", "Requests admitted.",
                     (double)m.requests_started);
         prom_metric(&b, "gptd_requests_completed_total", "counter", "Requests finished.",

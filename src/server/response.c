@@ -124,6 +124,7 @@ static bool lp_failed(const struct lp_lists *l) {
 }
 
 struct prompt_state {
+    int32_t n_cached; /* prompt tokens served from the prefix cache (FINISH events) */
     char *text;
     size_t text_len;
     size_t n_chars;
@@ -563,6 +564,9 @@ int completion_builder_event(struct completion_builder *b, int32_t i_prompt,
         return 0;
     }
     if (ev->type == ENGINE_EVENT_FINISH) {
+        if (ev->n_cached_tokens > p->n_cached) {
+            p->n_cached = ev->n_cached_tokens;
+        }
         s->finished = true;
         b->n_finished++;
         s->finish = ev->finish_reason;
@@ -621,11 +625,23 @@ const char *completion_builder_finish_reason(const struct completion_builder *b)
     return "";
 }
 
+int64_t completion_builder_cached_tokens(const struct completion_builder *b) {
+    int64_t n = 0;
+    for (int32_t i = 0; i < b->cfg.n_prompts; i++) {
+        n += b->prompts[i].n_cached;
+    }
+    return n;
+}
+
+/* OpenAI's usage, with prompt_tokens_details.cached_tokens as OpenAI reports prompt caching. */
 static void usage_json(const struct completion_builder *b, struct sbuf *out) {
     int64_t pt, ct;
     completion_builder_usage(b, &pt, &ct);
-    sbuf_printf(out, "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld}",
-                (long long)pt, (long long)ct, (long long)(pt + ct));
+    sbuf_printf(out,
+                "{\"prompt_tokens\":%lld,\"completion_tokens\":%lld,\"total_tokens\":%lld,"
+                "\"prompt_tokens_details\":{\"cached_tokens\":%lld}}",
+                (long long)pt, (long long)ct, (long long)(pt + ct),
+                (long long)completion_builder_cached_tokens(b));
 }
 
 static double mean_logprob(const struct seq_state *s) {

@@ -101,6 +101,10 @@ void completion_builder_stream_end(const struct completion_builder *b, struct sb
 void completion_builder_usage(const struct completion_builder *b, int64_t *prompt_tokens,
                               int64_t *completion_tokens);
 
+/* Prompt tokens whose K/V came from the prefix cache, over all prompts (usage's
+ * prompt_tokens_details.cached_tokens, the access log). */
+int64_t completion_builder_cached_tokens(const struct completion_builder *b);
+
 /* "stop", "length", ... of the first finished choice, for the access log ("" if none). */
 const char *completion_builder_finish_reason(const struct completion_builder *b);
 

@@ -686,8 +686,11 @@ static void access_log(struct conn *x, enum MHD_RequestTerminationCode toe) {
     sbuf_printf(&b, ",\"method\":\"%s\",\"route\":\"%s\",\"status\":%d", x->method,
                 server_routes[x->route].path, x->status);
     if ((x->route == ROUTE_COMPLETIONS || x->route == ROUTE_CHAT) && x->builder != NULL) {
-        sbuf_printf(&b, ",\"stream\":%s,\"prompt_tokens\":%lld,\"completion_tokens\":%lld",
-                    x->is_stream ? "true" : "false", (long long)pt, (long long)ct);
+        sbuf_printf(&b,
+                    ",\"stream\":%s,\"prompt_tokens\":%lld,\"cached_tokens\":%lld,"
+                    "\"completion_tokens\":%lld",
+                    x->is_stream ? "true" : "false", (long long)pt,
+                    (long long)completion_builder_cached_tokens(x->builder), (long long)ct);
         if (x->t_first_event_us > 0 && x->t_submit_us > 0) {
             sbuf_printf(&b, ",\"queue_ms\":%.1f", (x->t_first_event_us - x->t_submit_us) / 1e3);
         }

@@ -207,6 +207,25 @@ post /apply-template '{"messages":[{"role":"user","content":"Tell a story"},{"ro
 post /apply-template '{"messages":[{"role":"user","content":"x"}],"continue_final_message":true}'
 expect_error "continue_final_message with add_generation_prompt" 400 invalid_value
 
+# Prefix cache: a conversation's second request reuses the first one's whole KV blocks (all
+# but the last prompt token), reported as cached_tokens, with the same greedy answer.
+conv='[{"role":"system","content":"You answer in exactly one short sentence, politely."},{"role":"user","content":"What is the capital of Norway, and why is it cold there?"}]'
+post /v1/chat/completions "{\"messages\":$conv,\"max_tokens\":6,\"temperature\":0}"
+first=$(jq -c '[.choices[0].message.content, .usage.prompt_tokens, .usage.prompt_tokens_details.cached_tokens]' "$tmp/body")
+post /v1/chat/completions "{\"messages\":$conv,\"max_tokens\":6,\"temperature\":0}"
+second=$(jq -c '[.choices[0].message.content, .usage.prompt_tokens, .usage.prompt_tokens_details.cached_tokens]' "$tmp/body")
+pt=$(jq '.[1]' <<<"$first")
+want_cached=$(( (pt - 1) / 16 * 16 ))
+[ "$(jq '.[2]' <<<"$first")" = 0 ] && [ "$(jq '.[2]' <<<"$second")" = "$want_cached" ] &&
+    [ "$(jq '.[0]' <<<"$first")" = "$(jq '.[0]' <<<"$second")" ] && [ "$want_cached" -gt 0 ] && ok ||
+    bad "prefix cache: first $first, second $second (want $want_cached cached)"
+hits=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '$1 == "gptd_prefix_cache_hit_tokens_total" {print $2}')
+[ -n "$hits" ] && [ "${hits%.*}" -ge "$want_cached" ] && ok || bad "gptd_prefix_cache_hit_tokens_total: '$hits'"
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -q '^gptd_prefix_cache_queries_total ' && ok ||
+    bad "no gptd_prefix_cache_queries_total"
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -q '^gptd_kv_blocks_cached ' && ok || bad "no gptd_kv_blocks_cached"
+grep -q "\"cached_tokens\":$want_cached" "$tmp/chat.out" && ok || bad "the access log has no cached_tokens"
+
 # Errors.
 post /v1/chat/completions '{"messages":[]}'
 expect_error "empty messages" 400 invalid_value
@@ -247,6 +266,13 @@ post /apply-template "{\"messages\":$many}"
 post /v1/chat/completions "{\"messages\":$many,\"max_tokens\":4}"
 expect_error "1,000 messages" 400 context_length_exceeded
 healthy "the error cases"
+
+# ---- the prefix cache off: nothing cached, the same answer ----
+start nocache "$model" --prefix-cache off
+post /v1/chat/completions "{\"messages\":$conv,\"max_tokens\":6,\"temperature\":0}"
+post /v1/chat/completions "{\"messages\":$conv,\"max_tokens\":6,\"temperature\":0}"
+r=$(jq -c '[.choices[0].message.content, .usage.prompt_tokens_details.cached_tokens]' "$tmp/body")
+[ "$r" = "[$(jq '.[0]' <<<"$first"),0]" ] && ok || bad "--prefix-cache off: $r (cached run: $first)"
 
 # ---- other real templates through --chat-template ----
 start gemma "$model" --chat-template "$testdata_dir/chat/gemma3/template.jinja"
