@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < n; i++) {
             vars[i] = case_vars(template_value_list_get(cases, i));
         }
-        char name[64];
+        char name[128];
         snprintf(name, sizeof(name), "%.40s (%zu cases)", e->d_name, n);
         printf("%-24s compile %7.1f us; ", e->d_name, compile_us);
         time_renders(name, t, vars, n);
@@ -168,7 +168,7 @@ int main(int argc, char **argv) {
         struct template_value *vars = template_value_dict();
         template_value_dict_set(vars, "messages", msgs);
         template_value_dict_set(vars, "add_generation_prompt", template_value_bool(true));
-        char name[64];
+        char name[128];
         snprintf(name, sizeof(name), "qwen3, %d turns", turns[k]);
         time_renders(name, t, &vars, 1);
         template_value_unref(vars);

@@ -35,7 +35,7 @@
     "A[:B]]\n"                                                                                     \
     "                  [--dataset FILE.jsonl] [--prompt-text] [--ignore-eos] [--temperature T]\n"  \
     "                  [--model NAME] [--api-key KEY] [--seed S] [--request-timeout S]\n"          \
-    "                  [--json FILE|-] [--quiet] [--chat]\n"
+    "                  [--json FILE|-] [--quiet] [--chat [--turns N]]\n"
 
 struct range {
     int32_t lo, hi;
@@ -59,6 +59,7 @@ struct options {
     const char *json_out;
     int is_quiet;
     int is_chat; /* POST /v1/chat/completions with the prompt as one user message */
+    int turns;   /* > 0: conversations of this many requests, each resending the history */
 };
 
 struct dataset_entry {
@@ -74,7 +75,20 @@ struct request {
     struct request_record *rec;
     int has_done, has_finish, has_error;
     char error[160];
+    int conv;     /* --turns: the conversation (slot) this request continues, else -1 */
+    char *answer; /* --turns: the streamed assistant content, appended to the history */
+    size_t answer_len, answer_cap;
 };
+
+/* --turns: one conversation per concurrency slot. Each request resends the whole history plus
+ * a new user message, as chat front ends do; the answer joins the history; after `turns`
+ * requests the slot starts a new conversation. */
+struct conversation {
+    cJSON *messages; /* the history so far */
+    int32_t n_done;  /* turns completed */
+    bool is_busy;
+};
+static struct conversation *convs;
 
 static struct options opt;
 static struct series itl;
@@ -184,6 +198,53 @@ static int load_dataset(const char *path) {
 
 /* The body of request number i. Prompts of N tokens are sent as N token ids (exact length on
  * any server that takes token-id prompts), or with --prompt-text as N common words. */
+/* --prompt-text's words: n common words. malloc'd. */
+static char *words_text(int32_t n) {
+    static const char *const words[] = {"the",  "cat", "sat", "on",   "a",    "mat", "and",
+                                        "then", "it",  "ran", "away", "from", "home"};
+    size_t cap = (size_t)n * 8 + 1, len = 0;
+    char *text = malloc(cap);
+    for (int32_t k = 0; k < n && text != NULL; k++) {
+        len +=
+            (size_t)snprintf(text + len, cap - len, "%s%s", k ? " " : "", words[rng_next() % 13]);
+    }
+    return text;
+}
+
+static void add_sampling_fields(cJSON *body, int32_t max_tokens) {
+    cJSON_AddNumberToObject(body, "max_tokens", max_tokens);
+    cJSON_AddNumberToObject(body, "temperature", opt.temperature);
+    cJSON_AddBoolToObject(body, "stream", 1);
+    cJSON *so = cJSON_AddObjectToObject(body, "stream_options");
+    cJSON_AddBoolToObject(so, "include_usage", 1);
+    if (opt.is_ignore_eos) {
+        cJSON_AddBoolToObject(body, "ignore_eos", 1);
+    }
+}
+
+/* The next turn of conversation c: its history plus a new user message of --prompt-tokens
+ * words. */
+static char *make_turn_body(struct conversation *c) {
+    if (c->messages == NULL) {
+        c->messages = cJSON_CreateArray();
+    }
+    char *text = words_text(range_pick(opt.prompt_tokens));
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "role", "user");
+    cJSON_AddStringToObject(m, "content", text != NULL ? text : "hello");
+    free(text);
+    cJSON_AddItemToArray(c->messages, m);
+    cJSON *body = cJSON_CreateObject();
+    if (opt.model != NULL) {
+        cJSON_AddStringToObject(body, "model", opt.model);
+    }
+    cJSON_AddItemToObject(body, "messages", cJSON_Duplicate(c->messages, 1));
+    add_sampling_fields(body, range_pick(opt.max_tokens));
+    char *out = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    return out;
+}
+
 static char *make_body(long i) {
     cJSON *body = cJSON_CreateObject();
     int32_t max_tokens = range_pick(opt.max_tokens);
@@ -211,14 +272,7 @@ static char *make_body(long i) {
         int32_t n = range_pick(opt.prompt_tokens);
         n = n > 0 ? n : 1;
         if (opt.is_prompt_text || opt.is_chat) {
-            static const char *const words[] = {"the",  "cat", "sat", "on",   "a",    "mat", "and",
-                                                "then", "it",  "ran", "away", "from", "home"};
-            size_t cap = (size_t)n * 8 + 1, len = 0;
-            char *text = malloc(cap);
-            for (int32_t k = 0; k < n && text != NULL; k++) {
-                len += (size_t)snprintf(text + len, cap - len, "%s%s", k ? " " : "",
-                                        words[rng_next() % 13]);
-            }
+            char *text = words_text(n);
             if (opt.is_chat) {
                 cJSON *m = cJSON_CreateObject();
                 cJSON_AddStringToObject(m, "role", "user");
@@ -236,14 +290,7 @@ static char *make_body(long i) {
             }
         }
     }
-    cJSON_AddNumberToObject(body, "max_tokens", max_tokens);
-    cJSON_AddNumberToObject(body, "temperature", opt.temperature);
-    cJSON_AddBoolToObject(body, "stream", 1);
-    cJSON *so = cJSON_AddObjectToObject(body, "stream_options");
-    cJSON_AddBoolToObject(so, "include_usage", 1);
-    if (opt.is_ignore_eos) {
-        cJSON_AddBoolToObject(body, "ignore_eos", 1);
-    }
+    add_sampling_fields(body, max_tokens);
     char *text = cJSON_PrintUnformatted(body);
     cJSON_Delete(body);
     return text;
@@ -295,10 +342,30 @@ static int on_event(void *ctx, const char *data, size_t len) {
             r->has_finish = 1;
         }
     }
+    if (r->conv >= 0 && cJSON_IsString(content)) {
+        size_t n = strlen(content->valuestring);
+        if (r->answer_len + n + 1 > r->answer_cap) {
+            size_t cap = (r->answer_len + n + 1) * 2;
+            char *grown = realloc(r->answer, cap);
+            if (grown != NULL) {
+                r->answer = grown;
+                r->answer_cap = cap;
+            }
+        }
+        if (r->answer_len + n + 1 <= r->answer_cap) {
+            memcpy(r->answer + r->answer_len, content->valuestring, n + 1);
+            r->answer_len += n;
+        }
+    }
     const cJSON *usage = cJSON_GetObjectItemCaseSensitive(json, "usage");
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
     if (cJSON_IsNumber(ct)) {
         r->rec->usage_completion_tokens = (int32_t)ct->valuedouble;
+    }
+    const cJSON *cached = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens_details"), "cached_tokens");
+    if (cJSON_IsNumber(cached)) {
+        r->rec->usage_cached_tokens = (int32_t)cached->valuedouble;
     }
     cJSON_Delete(json);
     return 0;
@@ -314,7 +381,20 @@ static struct request *request_start(CURLM *multi, struct request_record *rec, l
     struct request *r = calloc(1, sizeof(*r));
     r->rec = rec;
     rec->usage_completion_tokens = -1;
-    r->body = make_body(i);
+    rec->usage_cached_tokens = -1;
+    r->conv = -1;
+    if (opt.turns > 0) {
+        int c = 0;
+        while (convs[c].is_busy) {
+            c++; /* a free slot exists: fewer than --concurrency requests are in flight */
+        }
+        convs[c].is_busy = true;
+        r->conv = c;
+        rec->turn = convs[c].n_done + 1;
+        r->body = make_turn_body(&convs[c]);
+    } else {
+        r->body = make_body(i);
+    }
     sse_parser_init(&r->sse, on_event, r);
     r->easy = curl_easy_init();
     r->headers = curl_slist_append(NULL, "Content-Type: application/json");
@@ -356,6 +436,23 @@ static void request_end(CURLM *multi, struct request *r, CURLcode result) {
             fprintf(stderr, "gptd-bench: (further failures are only counted)\n");
         }
     }
+    if (r->conv >= 0) {
+        /* The answer joins the history; a failed turn or the last one ends the conversation. */
+        struct conversation *c = &convs[r->conv];
+        c->is_busy = false;
+        c->n_done++;
+        if (rec->is_ok && c->n_done < opt.turns) {
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "role", "assistant");
+            cJSON_AddStringToObject(m, "content", r->answer != NULL ? r->answer : "");
+            cJSON_AddItemToArray(c->messages, m);
+        } else {
+            cJSON_Delete(c->messages);
+            c->messages = NULL;
+            c->n_done = 0;
+        }
+    }
+    free(r->answer);
     curl_multi_remove_handle(multi, r->easy);
     curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->headers);
@@ -441,6 +538,9 @@ static int parse_args(int argc, char **argv) {
             opt.dataset = v;
         } else if (strcmp(a, "--chat") == 0) {
             opt.is_chat = 1;
+        } else if (strcmp(a, "--turns") == 0) {
+            TAKES_VALUE();
+            opt.turns = atoi(v);
         } else if (strcmp(a, "--prompt-text") == 0) {
             opt.is_prompt_text = 1;
         } else if (strcmp(a, "--ignore-eos") == 0) {
@@ -482,6 +582,12 @@ static int parse_args(int argc, char **argv) {
         fprintf(stderr, "gptd-bench: --concurrency must be 1..10000, --rate >= 0\n");
         return -1;
     }
+    if (opt.turns < 0 || opt.turns > 1000 ||
+        (opt.turns > 0 && (!opt.is_chat || opt.rate > 0 || opt.dataset != NULL))) {
+        fprintf(stderr, "gptd-bench: --turns N (1..1000) needs --chat and closed-loop "
+                        "--concurrency, without --dataset\n");
+        return -1;
+    }
     return 0;
 }
 
@@ -513,6 +619,45 @@ static void print_summary(const struct bench_summary *s, double cpu_s) {
            s->duration_s > 0 ? 100.0 * cpu_s / s->duration_s : 0.0);
 }
 
+/* --turns: TTFT and cached prompt tokens by turn. */
+struct turn_stats {
+    int32_t n;
+    double ttft_mean, ttft_p50;
+    double cached_mean;
+};
+
+static void turn_summary(const struct request_record *recs, size_t n, struct turn_stats *out) {
+    for (int32_t t = 1; t <= opt.turns; t++) {
+        struct series ttft;
+        series_init(&ttft);
+        double cached = 0;
+        int32_t n_t = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (recs[i].turn == t && recs[i].is_ok && recs[i].t_first_us > 0) {
+                series_push(&ttft, (double)(recs[i].t_first_us - recs[i].t_send_us) / 1000.0);
+                cached += recs[i].usage_cached_tokens > 0 ? recs[i].usage_cached_tokens : 0;
+                n_t++;
+            }
+        }
+        struct turn_stats *o = &out[t - 1];
+        o->n = n_t;
+        o->ttft_mean = series_mean(&ttft);
+        o->ttft_p50 = series_percentile(&ttft, 50);
+        o->cached_mean = n_t > 0 ? cached / n_t : 0;
+        series_finish(&ttft);
+    }
+}
+
+static void print_turns(const struct turn_stats *ts) {
+    printf("%-34s %8s %8s %8s %12s\n", "By turn (ms)", "n", "mean", "p50", "cached tok");
+    for (int32_t t = 0; t < opt.turns; t++) {
+        printf("  turn %-28d %8d %8.1f %8.1f %12.1f\n", t + 1, ts[t].n, ts[t].ttft_mean,
+               ts[t].ttft_p50, ts[t].cached_mean);
+    }
+}
+
+static struct turn_stats *g_turns;
+
 static void write_json(const struct bench_summary *s, double cpu_s) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "url", opt.url);
@@ -540,6 +685,18 @@ static void write_json(const struct bench_summary *s, double cpu_s) {
     for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
         cJSON_AddNumberToObject(o, f[i].name, f[i].v);
     }
+    if (g_turns != NULL) {
+        cJSON *arr = cJSON_AddArrayToObject(o, "turns");
+        for (int32_t t = 0; t < opt.turns; t++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "turn", t + 1);
+            cJSON_AddNumberToObject(e, "completed", g_turns[t].n);
+            cJSON_AddNumberToObject(e, "ttft_mean_ms", g_turns[t].ttft_mean);
+            cJSON_AddNumberToObject(e, "ttft_p50_ms", g_turns[t].ttft_p50);
+            cJSON_AddNumberToObject(e, "cached_tokens_mean", g_turns[t].cached_mean);
+            cJSON_AddItemToArray(arr, e);
+        }
+    }
     char *text = cJSON_Print(o);
     if (strcmp(opt.json_out, "-") == 0) {
         printf("%s\n", text);
@@ -564,6 +721,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     rng_state = opt.seed;
+    if (opt.turns > 0) {
+        convs = calloc((size_t)opt.concurrency, sizeof(*convs));
+    }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     CURLM *multi = curl_multi_init();
     series_init(&itl);
@@ -648,12 +808,24 @@ int main(int argc, char **argv) {
     }
     struct bench_summary s;
     bench_summarize(flat, (size_t)n_started, &itl, duration, &s);
+    if (opt.turns > 0) {
+        g_turns = calloc((size_t)opt.turns, sizeof(*g_turns));
+        turn_summary(flat, (size_t)n_started, g_turns);
+    }
     free(flat);
     print_summary(&s, cpu_s);
+    if (g_turns != NULL) {
+        print_turns(g_turns);
+    }
     if (opt.json_out != NULL) {
         write_json(&s, cpu_s);
     }
     free(records);
+    free(g_turns);
+    for (int c = 0; convs != NULL && c < opt.concurrency; c++) {
+        cJSON_Delete(convs[c].messages);
+    }
+    free(convs);
     series_finish(&itl);
     for (size_t i = 0; i < n_dataset; i++) {
         cJSON_free(dataset[i].prompt_json);

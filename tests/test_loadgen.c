@@ -142,9 +142,24 @@ START_TEST(test_summary_matches_vllm_definitions) {
      * C: failed: counted as failed, ignored by every figure. */
     struct request_record r[3];
     memset(r, 0, sizeof(r));
-    r[0] = (struct request_record){0, 100000, 500000, 500000, 5, 5, 200, 1};
-    r[1] = (struct request_record){1000000, 1300000, 1300000, 1300000, 1, -1, 200, 1};
-    r[2] = (struct request_record){0, 0, 0, 50000, 0, -1, 503, 0};
+    r[0] = (struct request_record){.t_send_us = 0,
+                                   .t_first_us = 100000,
+                                   .t_last_us = 500000,
+                                   .t_end_us = 500000,
+                                   .n_chunks = 5,
+                                   .usage_completion_tokens = 5,
+                                   .http_status = 200,
+                                   .is_ok = 1};
+    r[1] = (struct request_record){.t_send_us = 1000000,
+                                   .t_first_us = 1300000,
+                                   .t_last_us = 1300000,
+                                   .t_end_us = 1300000,
+                                   .n_chunks = 1,
+                                   .usage_completion_tokens = -1,
+                                   .http_status = 200,
+                                   .is_ok = 1};
+    r[2] = (struct request_record){
+        .t_end_us = 50000, .usage_completion_tokens = -1, .http_status = 503, .is_ok = 0};
     struct series itl;
     series_init(&itl);
     series_push(&itl, 100.0);

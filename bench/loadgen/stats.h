@@ -37,6 +37,8 @@ struct request_record {
     int64_t t_end_us;
     int32_t n_chunks;
     int32_t usage_completion_tokens; /* -1 when the server sent no usage */
+    int32_t usage_cached_tokens;     /* usage.prompt_tokens_details.cached_tokens, or -1 */
+    int32_t turn;                    /* --turns: the request's turn in its conversation (1..) */
     long http_status;
     int is_ok; /* 200, a finish_reason seen and [DONE], no error event */
 };
