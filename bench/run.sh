@@ -7,7 +7,8 @@
 # this machine, one after another: the roofline probes and model benchmark (also f32 vs f16
 # weights, and a Llama of SmolLM2-135M's shape), the tokenizer and sampler benchmarks, the in-process engine benchmark, gptd-bench
 # against `gptd serve` at concurrency 1, 4, 16, 32 and 64, wrk for per-request overhead, the chat
-# route against completions (bench/chat.sh) and template rendering (bench_template). Raw outputs go to
+# route against completions (bench/chat.sh), multi-turn chat with the prefix cache on and off
+# (bench/turns.sh) and template rendering (bench_template). Raw outputs go to
 # build/bench-results/; summary.md there holds the tables; the plots are written to
 # docs/perf/ (gnuplot, SVG). Takes about 15 minutes (--quick: fewer requests, ~5 minutes).
 set -euo pipefail
@@ -121,6 +122,8 @@ trap - EXIT
 
 log "chat vs completions through HTTP (Llama 3.1 tokenizer and template)"
 bash bench/chat.sh "$out" >/dev/null || true
+log "multi-turn chat, prefix cache on and off"
+bash bench/turns.sh "$out" >/dev/null || true
 log "chat template rendering"
 build/bench/bench_template >"$out/template.txt" 2>&1 || true
 
@@ -175,7 +178,7 @@ EOF
     echo '```'
     echo "# Chat vs completions (HTTP) and template rendering"
     echo '```'
-    cat "$out/chat.txt" "$out/template.txt"
+    cat "$out/chat.txt" "$out/template.txt" "$out/turns.txt"
     echo '```'
     echo "# wrk"
     echo '```'

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# turns.sh: multi-turn chat through HTTP with the prefix cache on and off (called by
+# bench/run.sh; runs alone too: bash bench/turns.sh OUT_DIR).
+#
+# The 124M-shaped random GPT-2 of bench/run.sh serves chat with a ChatML template
+# (tests/data/chat/chatml_smollm2, given by --chat-template). gptd-bench --chat --turns 5 runs
+# conversations one at a time: each request resends the history plus a new user message of 60
+# words, answers are 128 tokens (ignore_eos, greedy), so turn 5 sends about 900 tokens. The same
+# run with --prefix-cache off gives the cold TTFT of every turn. Writes OUT_DIR/turns.txt and
+# OUT_DIR/turns-{on,off}.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build/bench-results}
+model=build/gpt2-124m-random
+mkdir -p "$out"
+if [ ! -f "$model/model.safetensors" ]; then
+    build/tools/make-random-gpt2 "$model" >/dev/null
+fi
+[ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
+template=tests/data/chat/chatml_smollm2/template.jinja
+requests=${GPTD_TURNS_REQUESTS:-15}
+for mode in on off; do
+    build/gptd serve -m "$model" --port 0 --access-log false --kv-cache-mb 1024 \
+        --chat-template "$template" --prefix-cache "$mode" >"$out/turns-serve.out" \
+        2>"$out/turns-serve.err" &
+    pid=$!
+    trap 'kill $pid 2>/dev/null || true' EXIT
+    port=
+    for _ in $(seq 1 600); do
+        port=$(grep ' ready: ' "$out/turns-serve.err" 2>/dev/null | sed -E 's/.*:([0-9]+)$/\1/' || true)
+        [ -n "$port" ] && break
+        sleep 0.2
+    done
+    build/bench/gptd-bench --url "http://127.0.0.1:$port" --chat --turns 5 --concurrency 1 \
+        --requests "$requests" --prompt-tokens 60 --max-tokens 128 --ignore-eos --seed 3 --quiet \
+        --json "$out/turns-$mode.json" >/dev/null
+    kill $pid 2>/dev/null || true
+    wait $pid 2>/dev/null || true
+    trap - EXIT
+done
+{
+    echo "uptime: $(uptime)"
+    echo "turn ttft_p50_cache_on_ms ttft_p50_cache_off_ms ratio cached_tokens_mean"
+    for t in 1 2 3 4 5; do
+        on=$(jq ".turns[$((t - 1))].ttft_p50_ms" "$out/turns-on.json")
+        off=$(jq ".turns[$((t - 1))].ttft_p50_ms" "$out/turns-off.json")
+        cached=$(jq ".turns[$((t - 1))].cached_tokens_mean" "$out/turns-on.json")
+        awk -v t="$t" -v on="$on" -v off="$off" -v c="$cached" \
+            'BEGIN { printf "%d %.1f %.1f %.3f %.1f\n", t, on, off, off > 0 ? on / off : 0, c }'
+    done
+} >"$out/turns.txt"
+cat "$out/turns.txt"
