@@ -34,6 +34,7 @@
  * the same for streams.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <netdb.h>
 #include <poll.h>
@@ -209,10 +210,29 @@ static bool socket_closed(int fd) {
 static void *ticker_main(void *arg) {
     struct server *s = arg;
     const int64_t tick_us = 200 * 1000;
+    int64_t t_idle_since_us = 0;
+    bool is_trimmed = true;
     while (!atomic_load(&s->ticker_stop)) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)tick_us * 1000};
         nanosleep(&ts, NULL);
         int64_t now = time_now_us();
+        pthread_mutex_lock(&s->reg_mu);
+        bool is_idle = s->n_registered == 0 && atomic_load(&s->n_inflight) == 0;
+        pthread_mutex_unlock(&s->reg_mu);
+        /* A burst (thousands of streams, each with its event ring and buffers, freed on other
+         * threads than allocated them) leaves glibc's per-thread arenas holding freed pages the
+         * process no longer needs. Once nothing has been in flight for a tick, hand them back
+         * to the system, once per idle period, so RSS returns to its baseline after load
+         * instead of staying at the burst's high-water mark. */
+        if (!is_idle) {
+            t_idle_since_us = 0;
+            is_trimmed = false;
+        } else if (t_idle_since_us == 0) {
+            t_idle_since_us = now;
+        } else if (!is_trimmed && now - t_idle_since_us >= tick_us) {
+            malloc_trim(0);
+            is_trimmed = true;
+        }
         pthread_mutex_lock(&s->reg_mu);
         for (struct conn *x = s->reg_head; x != NULL; x = x->reg_next) {
             pthread_mutex_lock(&x->mu);
