@@ -816,6 +816,15 @@ START_TEST(test_engine_prefix_cache_hit_is_identical_to_cold) {
     ck_assert_uint_ge(m.prefix_cache_queries, 3 * 100);
     ck_assert_int_gt(m.kv_blocks_cached, 0);
     ck_assert_int_eq(m.kv_blocks_used, 0); /* cached blocks no sequence holds are free */
+    /* The step's time by phase: the forward pass dominates, every phase was timed. */
+    double total = 0;
+    for (int p = 0; p < ENGINE_N_PHASES; p++) {
+        ck_assert(m.phase_seconds[p] >= 0);
+        total += m.phase_seconds[p];
+    }
+    ck_assert(m.phase_seconds[ENGINE_PHASE_FORWARD] > 0);
+    ck_assert(m.phase_seconds[ENGINE_PHASE_SAMPLE] > 0);
+    ck_assert(total <= m.step_seconds.sum * 1.05 + 0.01);
     engine_destroy(e);
 
     /* The prefix-sharing prompt cold, on an engine without the cache. */

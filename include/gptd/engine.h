@@ -173,6 +173,20 @@ struct engine_histogram {
     double sum;
     uint64_t count;
 };
+/* Where an engine step's time goes (the per-phase counters of struct engine_metrics):
+ * schedule (new submissions, cancellations, planning the batch, prefix matching), forward
+ * (model_forward), sample (the samplers), output (detokenizing, stop strings, events and
+ * notifying the connections), finish (beam search bookkeeping, retiring requests, gauges). */
+enum engine_phase {
+    ENGINE_PHASE_SCHEDULE = 0,
+    ENGINE_PHASE_FORWARD,
+    ENGINE_PHASE_SAMPLE,
+    ENGINE_PHASE_OUTPUT,
+    ENGINE_PHASE_FINISH,
+    ENGINE_N_PHASES,
+};
+extern const char *const engine_phase_names[ENGINE_N_PHASES];
+
 struct engine_metrics {
     int64_t n_waiting, n_running;
     int64_t kv_blocks_used, kv_blocks_total;
@@ -184,6 +198,7 @@ struct engine_metrics {
      * prefix (in use or evictable). */
     uint64_t prefix_cache_queries, prefix_cache_hits;
     int64_t kv_blocks_cached;
+    double phase_seconds[ENGINE_N_PHASES]; /* cumulative, over every step */
     uint64_t steps;
     struct engine_histogram step_seconds, batch_rows, queue_seconds, ttft_seconds, itl_seconds,
         e2e_seconds;

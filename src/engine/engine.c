@@ -50,6 +50,13 @@ void engine_config_init_default(struct engine_config *cfg) {
     cfg->prefix_cache = true;
 }
 
+const char *const engine_phase_names[ENGINE_N_PHASES] = {"schedule", "forward", "sample", "output",
+                                                         "finish"};
+
+static void phase_add(struct engine *e, enum engine_phase p, int64_t us) {
+    atomic_fetch_add(&e->m_phase_us[p], (uint64_t)(us > 0 ? us : 0));
+}
+
 static int32_t blocks_for(int64_t n_pos) {
     return (int32_t)((n_pos + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE);
 }
@@ -683,7 +690,9 @@ static void seq_sample(struct engine *e, struct seq *seq, const float *row, int6
         engine_request_unlock_notify(req);
         return;
     }
+    int64_t t_sampler = time_now_us();
     int32_t token = sampler_sample(seq->sampler, row, res);
+    e->sampler_us += time_now_us() - t_sampler;
     if (token < 0) {
         /* Every token was banned (logit_bias): nothing can follow. */
         size_t len = 0;
@@ -1048,7 +1057,14 @@ static void engine_step(struct engine *e) {
         update_gauges(e);
         return;
     }
-    if (model_forward(e->model, e->kv, e->scratch, e->batch, plan.n_entries, e->logits) != 0) {
+    int64_t t_planned = time_now_us();
+    phase_add(e, ENGINE_PHASE_SCHEDULE, t_planned - t0);
+    int rc_forward =
+        model_forward(e->model, e->kv, e->scratch, e->batch, plan.n_entries, e->logits);
+    int64_t t_forward = time_now_us();
+    phase_add(e, ENGINE_PHASE_FORWARD, t_forward - t_planned);
+    e->sampler_us = 0;
+    if (rc_forward != 0) {
         /* A batch that does not fit the scratch is a scheduler bug: fail loudly but stay up. */
         log_error("engine: forward pass refused a batch of %d rows; failing its requests",
                   (int)plan.n_rows);
@@ -1104,6 +1120,9 @@ static void engine_step(struct engine *e) {
         }
         row += (size_t)b->n_logits * (size_t)e->n_vocab;
     }
+    int64_t t_rows = time_now_us();
+    phase_add(e, ENGINE_PHASE_SAMPLE, e->sampler_us);
+    phase_add(e, ENGINE_PHASE_OUTPUT, t_rows - t_forward - e->sampler_us);
     beam_steps(e);
     retire_finished(e, now);
     int64_t t1 = time_now_us();
@@ -1111,6 +1130,7 @@ static void engine_step(struct engine *e) {
     hist_observe(&e->h_step, engine_hist_seconds_bounds, (double)(t1 - t0) / 1e6);
     hist_observe(&e->h_rows, engine_hist_rows_bounds, (double)plan.n_rows);
     update_gauges(e);
+    phase_add(e, ENGINE_PHASE_FINISH, time_now_us() - t_rows);
 }
 
 /* ---- thread ----------------------------------------------------------------------------- */
@@ -1216,6 +1236,9 @@ void engine_get_metrics(struct engine *e, struct engine_metrics *m) {
     m->prefix_cache_queries = atomic_load(&e->m_prefix_queries);
     m->prefix_cache_hits = atomic_load(&e->m_prefix_hits);
     m->kv_blocks_cached = atomic_load(&e->m_kv_cached);
+    for (int i = 0; i < ENGINE_N_PHASES; i++) {
+        m->phase_seconds[i] = (double)atomic_load(&e->m_phase_us[i]) / 1e6;
+    }
     m->prompt_tokens = atomic_load(&e->m_prompt_tokens);
     m->generation_tokens = atomic_load(&e->m_generation_tokens);
     m->steps = atomic_load(&e->m_steps);

@@ -137,6 +137,8 @@ struct engine {
     atomic_long m_running;
     atomic_long m_kv_used;
     atomic_long m_kv_cached;
+    _Atomic uint64_t m_phase_us[ENGINE_N_PHASES];
+    int64_t sampler_us; /* sampler time within the current step's row loop */
     _Atomic uint64_t m_prefix_queries, m_prefix_hits;
     _Atomic uint64_t m_started, m_completed, m_cancelled, m_rejected, m_failed, m_preemptions,
         m_prompt_tokens, m_generation_tokens, m_steps;

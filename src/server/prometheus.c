@@ -76,6 +76,13 @@ enum MHD_Result prometheus_respond(struct conn *x) {
                     (double)m.generation_tokens);
         prom_metric(&b, "gptd_steps_total", "counter", "Engine steps (forward passes).",
                     (double)m.steps);
+        sbuf_puts(&b, "# HELP gptd_engine_phase_seconds_total Engine step time by phase "
+                      "(schedule, forward, sample, output, finish).\n"
+                      "# TYPE gptd_engine_phase_seconds_total counter\n");
+        for (int i = 0; i < ENGINE_N_PHASES; i++) {
+            sbuf_printf(&b, "gptd_engine_phase_seconds_total{phase=\"%s\"} %.17g\n",
+                        engine_phase_names[i], m.phase_seconds[i]);
+        }
         prom_histogram(&b, "gptd_step_seconds", "Duration of one engine step.", &m.step_seconds,
                        engine_hist_seconds_bounds);
         prom_histogram(&b, "gptd_batch_rows", "Rows (tokens) per forward pass.", &m.batch_rows,

@@ -224,6 +224,8 @@ hits=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '$1 == "gptd_prefix_cache_
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -q '^gptd_prefix_cache_queries_total ' && ok ||
     bad "no gptd_prefix_cache_queries_total"
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -q '^gptd_kv_blocks_cached ' && ok || bad "no gptd_kv_blocks_cached"
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -q '^gptd_engine_phase_seconds_total{phase="forward"} ' && ok ||
+    bad "no gptd_engine_phase_seconds_total"
 grep -q "\"cached_tokens\":$want_cached" "$tmp/chat.out" && ok || bad "the access log has no cached_tokens"
 
 # Errors.
