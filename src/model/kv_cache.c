@@ -271,6 +271,7 @@ int kv_seq_init(struct kv_seq *seq, const struct kv_cache *kv) {
     seq->blocks = calloc((size_t)max_blocks, sizeof(*seq->blocks));
     seq->n_blocks = 0;
     seq->n_pos = 0;
+    seq->n_keyed = 0;
     seq->max_blocks = seq->blocks != NULL ? max_blocks : 0;
     return seq->blocks != NULL ? 0 : -1;
 }
