@@ -4,8 +4,9 @@
 #
 # The 124M-shaped random GPT-2 of bench/run.sh serves chat with a ChatML template
 # (tests/data/chat/chatml_smollm2, given by --chat-template). gptd-bench --chat --turns 5 runs
-# conversations one at a time: each request resends the history plus a new user message of 60
-# words, answers are 128 tokens (ignore_eos, greedy), so turn 5 sends about 900 tokens. The same
+# conversations one at a time: each request resends the history plus a new user message of 50
+# words, answers are 100 tokens (ignore_eos, greedy), so turn 5 sends about 850 tokens and the
+# conversation ends near 950 (the model's context is 1,024). The same
 # run with --prefix-cache off gives the cold TTFT of every turn. Writes OUT_DIR/turns.txt and
 # OUT_DIR/turns-{on,off}.json.
 set -euo pipefail
@@ -32,8 +33,8 @@ for mode in on off; do
         sleep 0.2
     done
     build/bench/gptd-bench --url "http://127.0.0.1:$port" --chat --turns 5 --concurrency 1 \
-        --requests "$requests" --prompt-tokens 60 --max-tokens 128 --ignore-eos --seed 3 --quiet \
-        --json "$out/turns-$mode.json" >/dev/null
+        --requests "$requests" --prompt-tokens 50 --max-tokens 100 --ignore-eos --seed 3 --quiet \
+        --json "$out/turns-$mode.json" >"$out/turns-$mode.txt" || true
     kill $pid 2>/dev/null || true
     wait $pid 2>/dev/null || true
     trap - EXIT
@@ -46,7 +47,7 @@ done
         off=$(jq ".turns[$((t - 1))].ttft_p50_ms" "$out/turns-off.json")
         cached=$(jq ".turns[$((t - 1))].cached_tokens_mean" "$out/turns-on.json")
         awk -v t="$t" -v on="$on" -v off="$off" -v c="$cached" \
-            'BEGIN { printf "%d %.1f %.1f %.3f %.1f\n", t, on, off, off > 0 ? on / off : 0, c }'
+            'BEGIN { printf "%d %.1f %.1f %.3f %.1f\n", t, on, off, (off > 0 ? on / off : 0), c }'
     done
 } >"$out/turns.txt"
 cat "$out/turns.txt"
