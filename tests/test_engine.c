@@ -129,6 +129,7 @@ static bool prefix_cache_on(void) {
 }
 
 static int32_t next_max_running;    /* 0 = the engine's default; reset after each make_engine */
+static bool next_prefix_cache_off;  /* the next make_engine without the prefix cache */
 static enum kv_dtype next_kv_dtype; /* the KV cache's element type for make_engine */
 
 static struct engine *make_engine(size_t kv_bytes, int32_t max_batch_tokens, int32_t max_queue,
@@ -142,7 +143,8 @@ static struct engine *make_engine(size_t kv_bytes, int32_t max_batch_tokens, int
     cfg.max_batch_tokens = max_batch_tokens;
     cfg.max_queue = max_queue;
     cfg.queue_timeout_ms = queue_timeout_ms;
-    cfg.prefix_cache = prefix_cache_on();
+    cfg.prefix_cache = prefix_cache_on() && !next_prefix_cache_off;
+    next_prefix_cache_off = false;
     char err[256];
     struct engine *e = engine_create(model, tok, &cfg, err, sizeof(err));
     ck_assert_msg(e != NULL, "engine_create: %s", err);
@@ -324,16 +326,17 @@ START_TEST(test_engine_long_prompt_is_chunked_while_others_decode) {
 }
 END_TEST
 
-START_TEST(test_engine_preemption_keeps_outputs) {
-    static struct job alone[N_MIXED], together[N_MIXED];
-    mixed_jobs(alone);
-    mixed_jobs(together);
+/* The 32 jobs alone, one at a time, on a big pool without the prefix cache (the cold
+ * reference), then all together in a pool of about 40 blocks (640 positions, far less than
+ * they need together: preemption) with the suite's cache setting: every output must equal its
+ * reference. *m gets the second engine's metrics. */
+static void run_under_pressure(struct job *alone, struct job *together, struct engine_metrics *m) {
+    next_prefix_cache_off = true;
     struct engine *big = make_engine((size_t)64 << 20, 64, 256, 0);
     ck_assert_int_eq(engine_start(big), 0);
     run_alone(big, alone, N_MIXED);
     engine_destroy(big);
 
-    /* A pool of about 40 blocks (640 positions): the 32 requests need far more together. */
     size_t per_block = 2 * 4 * 64 * KV_BLOCK_SIZE * sizeof(float);
     struct engine *e = make_engine(40 * per_block, 64, 256, 0);
     for (int i = 0; i < N_MIXED; i++) {
@@ -346,11 +349,18 @@ START_TEST(test_engine_preemption_keeps_outputs) {
         assert_same_outcome(&alone[i].out, &together[i].out, 1);
     }
     release_all(together, N_MIXED);
-    struct engine_metrics m;
-    engine_get_metrics(e, &m);
-    ck_assert_uint_gt(m.preemptions, 0);
-    ck_assert_int_eq(m.kv_blocks_used, 0);
+    engine_get_metrics(e, m);
+    ck_assert_int_eq(m->kv_blocks_used, 0);
     engine_destroy(e);
+}
+
+START_TEST(test_engine_preemption_keeps_outputs) {
+    static struct job alone[N_MIXED], together[N_MIXED];
+    mixed_jobs(alone);
+    mixed_jobs(together);
+    struct engine_metrics m;
+    run_under_pressure(alone, together, &m);
+    ck_assert_uint_gt(m.preemptions, 0);
 }
 END_TEST
 
@@ -828,14 +838,8 @@ START_TEST(test_engine_prefix_cache_hit_is_identical_to_cold) {
     engine_destroy(e);
 
     /* The prefix-sharing prompt cold, on an engine without the cache. */
-    struct engine_config cfg;
-    engine_config_init_default(&cfg);
-    cfg.kv_cache_bytes = (size_t)16 << 20;
-    cfg.max_batch_tokens = 64;
-    cfg.prefix_cache = false;
-    char err[256];
-    e = engine_create(model, tok, &cfg, err, sizeof(err));
-    ck_assert_ptr_nonnull(e);
+    next_prefix_cache_off = true;
+    e = make_engine((size_t)16 << 20, 64, 256, 0);
     ck_assert_int_eq(engine_start(e), 0);
     run_one(e, &other_cold);
     ck_assert_int_eq(other_cold.out.n_cached, 0);
@@ -859,36 +863,11 @@ START_TEST(test_engine_prefix_cache_under_pressure_keeps_outputs) {
             alone[i].prompt[k] = together[i].prompt[k] = 500 + k;
         }
     }
-    struct engine_config cfg;
-    engine_config_init_default(&cfg);
-    cfg.kv_cache_bytes = (size_t)64 << 20;
-    cfg.max_batch_tokens = 64;
-    cfg.prefix_cache = false;
-    char err[256];
-    struct engine *e = engine_create(model, tok, &cfg, err, sizeof(err));
-    ck_assert_int_eq(engine_start(e), 0);
-    run_alone(e, alone, N_MIXED);
-    engine_destroy(e);
-
-    size_t per_block = 2 * 4 * 64 * KV_BLOCK_SIZE * sizeof(float);
-    e = make_engine(40 * per_block, 64, 256, 0);
-    for (int i = 0; i < N_MIXED; i++) {
-        job_submit(e, &together[i]);
-    }
-    ck_assert_int_eq(engine_start(e), 0);
-    wait_all(together, N_MIXED);
-    for (int i = 0; i < N_MIXED; i++) {
-        ck_assert(!together[i].out.has_error);
-        assert_same_outcome(&alone[i].out, &together[i].out, 1);
-    }
-    release_all(together, N_MIXED);
     struct engine_metrics m;
-    engine_get_metrics(e, &m);
-    ck_assert_int_eq(m.kv_blocks_used, 0);
+    run_under_pressure(alone, together, &m);
     if (prefix_cache_on()) {
         ck_assert_uint_gt(m.prefix_cache_hits, 0);
     }
-    engine_destroy(e);
 }
 END_TEST
 

@@ -130,9 +130,12 @@ static int take_specials(struct chat *c, const cJSON *root) {
 
 /* special_tokens_map.json, when present: fills the special tokens tokenizer_config.json left
  * out (transformers merges it the same way: the config's own values win). */
-static int load_special_map(struct chat *c, const char *dir, char *err, size_t err_size) {
-    char path[4096];
-    if ((size_t)snprintf(path, sizeof(path), "%s/special_tokens_map.json", dir) >= sizeof(path)) {
+/* dir/name parsed as a JSON object into *root (the caller cJSON_Delete()s it); *root NULL and
+ * 0 when the file does not exist; -1 with err for anything else. path gets the file's path. */
+static int read_json_object(const char *dir, const char *name, cJSON **root, char *path,
+                            size_t path_size, char *err, size_t err_size) {
+    *root = NULL;
+    if ((size_t)snprintf(path, path_size, "%s/%s", dir, name) >= path_size) {
         snprintf(err, err_size, "%s: path too long", dir);
         return -1;
     }
@@ -142,13 +145,26 @@ static int load_special_map(struct chat *c, const char *dir, char *err, size_t e
     if (text == NULL) {
         return missing ? 0 : -1;
     }
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    *root = cJSON_ParseWithLength(text, len);
     free(text);
-    int rc = 0;
-    if (!cJSON_IsObject(root)) {
+    if (!cJSON_IsObject(*root)) {
         snprintf(err, err_size, "%s: not a JSON object", path);
-        rc = -1;
-    } else if (take_specials(c, root) != 0) {
+        cJSON_Delete(*root);
+        *root = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int load_special_map(struct chat *c, const char *dir, char *err, size_t err_size) {
+    char path[4096];
+    cJSON *root;
+    if (read_json_object(dir, "special_tokens_map.json", &root, path, sizeof(path), err,
+                         err_size) != 0) {
+        return -1;
+    }
+    int rc = 0;
+    if (root != NULL && take_specials(c, root) != 0) {
         snprintf(err, err_size, "out of memory");
         rc = -1;
     }
@@ -173,22 +189,13 @@ static int compile_into(struct chat *c, const char *src, size_t len, const char 
 static int load_config(struct chat *c, const char *dir, bool want_template, char *err,
                        size_t err_size) {
     char path[4096];
-    if ((size_t)snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir) >= sizeof(path)) {
-        snprintf(err, err_size, "%s: path too long", dir);
+    cJSON *root;
+    if (read_json_object(dir, "tokenizer_config.json", &root, path, sizeof(path), err, err_size) !=
+        0) {
         return -1;
     }
-    size_t len = 0;
-    bool missing = false;
-    char *text = read_file(path, CONFIG_MAX_BYTES, &len, &missing, err, err_size);
-    if (text == NULL) {
-        return missing ? 0 : -1;
-    }
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(root)) {
-        snprintf(err, err_size, "%s: not a JSON object", path);
-        cJSON_Delete(root);
-        return -1;
+    if (root == NULL) {
+        return 0;
     }
     int rc = 0;
     if (take_specials(c, root) != 0) {

@@ -758,38 +758,14 @@ static void sampling_defaults(struct sampling_params *p) {
     p->logprobs = -1;
 }
 
+static int parse_request(const char *body, size_t len, const struct request_limits *lim,
+                         const char *served_model, bool is_chat, struct completion_request *out,
+                         struct api_error *err);
+
 int server_request_parse_completion(const char *body, size_t len, const struct request_limits *lim,
                                     const char *served_model, struct completion_request *out,
                                     struct api_error *err) {
-    server_request_init(out);
-    sampling_defaults(&out->sampling);
-    cJSON *root = server_request_parse_json(body, len, err);
-    if (root == NULL) {
-        return -1;
-    }
-    /* Fields first so that a type error in max_tokens is reported before the prompt's. The
-     * prompt last also means most bad requests are refused before copying a large prompt. */
-    int rc = parse_fields(root, lim, served_model, false, out, err);
-    if (rc == 0) {
-        /* The checks above run on doubles; the sampler keeps floats, and rounding can move a
-         * value out of range (top_p 1e-50 becomes 0). The sampler's own validation on the
-         * stored values catches that here, as a 400, not later as an engine error. */
-        const char *param = NULL;
-        char msg[200];
-        if (sampling_params_validate(&out->sampling, lim->n_vocab > 0 ? lim->n_vocab : INT32_MAX,
-                                     &param, msg, sizeof(msg)) != 0) {
-            rc = api_error_set(err, 400, invalid_request, "invalid_value", param, "%s", msg);
-        }
-    }
-    if (rc == 0) {
-        rc = parse_prompt(root, lim, out, err);
-    }
-    cJSON_Delete(root);
-    if (rc != 0) {
-        server_request_finish(out);
-        return -1;
-    }
-    return 0;
+    return parse_request(body, len, lim, served_model, false, out, err);
 }
 
 /* ---- /v1/chat/completions ---- */
@@ -977,18 +953,24 @@ static int parse_chat_fields(const cJSON *root, struct completion_request *r,
     return parse_messages(root, err);
 }
 
-int server_request_parse_chat(const char *body, size_t len, const struct request_limits *lim,
-                              const char *served_model, struct completion_request *out,
-                              struct api_error *err) {
+/* What both endpoints share: the strict JSON checks, the sampling fields (checked again as the
+ * sampler stores them), then the endpoint's own fields -- the prompt last, so that most bad
+ * requests are refused before a large prompt is copied. */
+static int parse_request(const char *body, size_t len, const struct request_limits *lim,
+                         const char *served_model, bool is_chat, struct completion_request *out,
+                         struct api_error *err) {
     server_request_init(out);
     sampling_defaults(&out->sampling);
-    out->is_chat = true;
+    out->is_chat = is_chat;
     cJSON *root = server_request_parse_json(body, len, err);
     if (root == NULL) {
         return -1;
     }
-    int rc = parse_fields(root, lim, served_model, true, out, err);
+    int rc = parse_fields(root, lim, served_model, is_chat, out, err);
     if (rc == 0) {
+        /* The checks above run on doubles; the sampler keeps floats, and rounding can move a
+         * value out of range (top_p 1e-50 becomes 0). The sampler's own validation on the
+         * stored values catches that here, as a 400, not later as an engine error. */
         const char *param = NULL;
         char msg[200];
         if (sampling_params_validate(&out->sampling, lim->n_vocab > 0 ? lim->n_vocab : INT32_MAX,
@@ -997,9 +979,10 @@ int server_request_parse_chat(const char *body, size_t len, const struct request
         }
     }
     if (rc == 0) {
-        rc = parse_chat_fields(root, out, err);
+        rc = is_chat ? parse_chat_fields(root, out, err) : parse_prompt(root, lim, out, err);
     }
-    if (rc == 0) {
+    if (rc == 0 && is_chat) {
+        /* One prompt, its text rendered later by the chat template. */
         out->prompts = calloc(1, sizeof(*out->prompts));
         if (out->prompts == NULL) {
             rc = oom(err);
@@ -1013,6 +996,12 @@ int server_request_parse_chat(const char *body, size_t len, const struct request
         return -1;
     }
     return 0;
+}
+
+int server_request_parse_chat(const char *body, size_t len, const struct request_limits *lim,
+                              const char *served_model, struct completion_request *out,
+                              struct api_error *err) {
+    return parse_request(body, len, lim, served_model, true, out, err);
 }
 
 static int context_error(struct api_error *err, const char *param, int32_t n_ctx,
