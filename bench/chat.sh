@@ -21,17 +21,9 @@ if [ ! -f "$model/model.safetensors" ]; then
     build/tools/make-random-gpt2 "$model" --smollm2-135m --vocab 128256 >/dev/null
 fi
 cp "$(dirname "$tok")/tokenizer.json" "$(dirname "$tok")/tokenizer_config.json" "$model/"
-build/gptd serve -m "$model" --port 0 --access-log false >"$out/chat-serve.out" \
-    2>"$out/chat-serve.err" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-port=
-for _ in $(seq 1 600); do
-    port=$(grep ' ready: ' "$out/chat-serve.err" 2>/dev/null | sed -E 's/.*:([0-9]+)$/\1/' || true)
-    [ -n "$port" ] && break
-    sleep 0.2
-done
-url="http://127.0.0.1:$port"
+. bench/serve_lib.sh
+bench_serve "$out/chat-serve" -m "$model"
+url="http://127.0.0.1:$bench_port"
 build/bench/gptd-bench --url "$url" --concurrency 4 --requests 8 --max-tokens 8 --ignore-eos \
     --prompt-text --quiet >/dev/null || true
 {
@@ -51,6 +43,5 @@ build/bench/gptd-bench --url "$url" --concurrency 4 --requests 8 --max-tokens 8 
         done
     done
 } >"$out/chat.txt"
-kill $pid 2>/dev/null || true
-wait $pid 2>/dev/null || true
+bench_stop
 cat "$out/chat.txt"

@@ -20,24 +20,14 @@ fi
 [ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
 template=tests/data/chat/chatml_smollm2/template.jinja
 requests=${GPTD_TURNS_REQUESTS:-15}
+. bench/serve_lib.sh
 for mode in on off; do
-    build/gptd serve -m "$model" --port 0 --access-log false --kv-cache-mb 1024 \
-        --chat-template "$template" --prefix-cache "$mode" >"$out/turns-serve.out" \
-        2>"$out/turns-serve.err" &
-    pid=$!
-    trap 'kill $pid 2>/dev/null || true' EXIT
-    port=
-    for _ in $(seq 1 600); do
-        port=$(grep ' ready: ' "$out/turns-serve.err" 2>/dev/null | sed -E 's/.*:([0-9]+)$/\1/' || true)
-        [ -n "$port" ] && break
-        sleep 0.2
-    done
-    build/bench/gptd-bench --url "http://127.0.0.1:$port" --chat --turns 5 --concurrency 1 \
+    bench_serve "$out/turns-serve" -m "$model" --kv-cache-mb 1024 --chat-template "$template" \
+        --prefix-cache "$mode"
+    build/bench/gptd-bench --url "http://127.0.0.1:$bench_port" --chat --turns 5 --concurrency 1 \
         --requests "$requests" --prompt-tokens 50 --max-tokens 100 --ignore-eos --seed 3 --quiet \
         --json "$out/turns-$mode.json" >"$out/turns-$mode.txt" || true
-    kill $pid 2>/dev/null || true
-    wait $pid 2>/dev/null || true
-    trap - EXIT
+    bench_stop
 done
 {
     echo "uptime: $(uptime)"

@@ -130,8 +130,7 @@ int server_request_chat_prompt(const char *body, size_t len, const struct chat *
         api_error_set(err, 400, invalid_request, "chat_template_error", "messages", "%s", msg);
         goto done;
     case TEMPLATE_ERROR:
-        if (st == TEMPLATE_ERROR && r->continue_final_message &&
-            strncmp(msg, "continue_final_message", 22) == 0) {
+        if (r->continue_final_message && strncmp(msg, "continue_final_message", 22) == 0) {
             api_error_set(err, 400, invalid_request, "invalid_value", "continue_final_message",
                           "%s", msg);
         } else {
