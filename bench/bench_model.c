@@ -335,6 +335,19 @@ static double bench_prefill(struct model *model, struct kv_cache *kv, int32_t n,
     return n / (best / 1e3);
 }
 
+/* The M of the sgemm probe. */
+static const int probe_m[6] = {1, 8, 32, 64, 128, 512};
+
+/* The sgemm probe at the largest probed M not above m (the limit a decode batch of m rows is
+ * compared with). */
+static double sgemm_at(const double *sgemm, int32_t m) {
+    int i = 0;
+    while (i < 5 && probe_m[i + 1] <= m) {
+        i++;
+    }
+    return sgemm[i];
+}
+
 int main(int argc, char **argv) {
     const char *dir = "build/gpt2-124m-random";
     int n_threads = 2;
@@ -371,19 +384,18 @@ int main(int argc, char **argv) {
         printf("== machine probes (%d threads)\n", n_threads);
         bw = measure_bandwidth(n_threads);
         printf("memory read bandwidth: %.1f GB/s\n", bw);
-        const int ms[] = {1, 8, 32, 64, 128, 512};
         for (int i = 0; i < 6; i++) {
-            sgemm[i] = measure_sgemm(ms[i], 768, 2304);
-            printf("cblas_sgemm M=%-3d K=768 N=2304: %6.1f GFLOPS\n", ms[i], sgemm[i]);
+            sgemm[i] = measure_sgemm(probe_m[i], 768, 2304);
+            printf("cblas_sgemm M=%-3d K=768 N=2304: %6.1f GFLOPS\n", probe_m[i], sgemm[i]);
         }
         struct pool *pool = pool_create(n_threads);
         for (int wt = KERNEL_W_F32; wt <= KERNEL_W_F16; wt++) {
             for (int i = 0; i < 6; i++) {
-                double g = measure_kernel(pool, (enum kernel_wtype)wt, ms[i], 768, 2304);
+                double g = measure_kernel(pool, (enum kernel_wtype)wt, probe_m[i], 768, 2304);
                 printf("gptd kernel (%s, %s weights) M=%-3d K=768 N=2304: %6.1f GFLOPS (%.0f%% "
                        "of sgemm)\n",
                        kernel_isa_name(kernel_isa_best()), wt == KERNEL_W_F32 ? "f32" : "f16",
-                       ms[i], g, 100.0 * g / sgemm[i]);
+                       probe_m[i], g, 100.0 * g / sgemm[i]);
             }
         }
         pool_destroy(pool);
@@ -423,25 +435,28 @@ int main(int argc, char **argv) {
            "decode step\n",
            dir, model_n_params(model), model_weights_name(model_get_weights(model)),
            step_bytes / 1e6);
-    const int32_t batches[] = {1, 8, 32, 64};
-    for (int i = 0; i < 4; i++) {
-        if (only_batch != 0 && batches[i] != only_batch) {
-            continue;
-        }
+    int32_t batches[] = {1, 8, 32, 64};
+    int32_t n_batches = 4;
+    if (only_batch > 0) {
+        batches[0] = only_batch; /* any size, e.g. 16 to compare with 16 streams */
+        n_batches = 1;
+    }
+    for (int i = 0; i < n_batches; i++) {
         double step_ms;
         double tps = bench_decode(model, batches[i], 128, &step_ms);
-        double sg = batches[i] == 1
-                        ? sgemm[0]
-                        : (batches[i] == 8 ? sgemm[1] : (batches[i] == 32 ? sgemm[2] : sgemm[3]));
+        double sg = sgemm_at(sgemm, batches[i]);
         /* The mean over the timed steps, and the best single step: on a shared machine the best
          * step is the closer estimate of the uncontended speed. */
         double tps_best = batches[i] / (step_ms / 1e3);
         double gflops_best = tps_best * (matmul_flops_per_row(c) + lm_flops) / 1e9;
         printf("decode batch %-2d ctx 128: %7.1f tok/s mean, %7.1f tok/s best step (%.2f ms); "
-               "%6.1f GFLOPS = %3.0f%% of sgemm at M=%d, %3.0f%% of best sgemm",
-               batches[i], tps, tps_best, step_ms, gflops_best, 100.0 * gflops_best / sg,
-               batches[i], 100.0 * gflops_best / sgemm_best);
-        if (batches[i] == 1) {
+               "%6.1f GFLOPS",
+               batches[i], tps, tps_best, step_ms, gflops_best);
+        if (!is_model_only) {
+            printf(" = %3.0f%% of sgemm at M=%d, %3.0f%% of best sgemm", 100.0 * gflops_best / sg,
+                   batches[i], 100.0 * gflops_best / sgemm_best);
+        }
+        if (batches[i] == 1 && !is_model_only) {
             double bound = bw * 1e9 / step_bytes;
             printf("; bandwidth bound %.1f tok/s -> %.0f%% (mean %.0f%%)", bound,
                    100.0 * tps_best / bound, 100.0 * tps / bound);
@@ -456,9 +471,13 @@ int main(int argc, char **argv) {
     double prefill_ms;
     double ptps = bench_prefill(model, kv, 512, &prefill_ms);
     double pflops = ptps * matmul_flops_per_row(c) / 1e9;
-    printf("prefill 512 tokens: %8.1f tok/s (best of 4: %.1f ms), %6.1f GFLOPS (weight matmuls) = "
-           "%3.0f%% of sgemm at M=512, %3.0f%% of best sgemm\n",
-           ptps, prefill_ms, pflops, 100.0 * pflops / sgemm[5], 100.0 * pflops / sgemm_best);
+    printf("prefill 512 tokens: %8.1f tok/s (best of 4: %.1f ms), %6.1f GFLOPS (weight matmuls)",
+           ptps, prefill_ms, pflops);
+    if (!is_model_only) {
+        printf(" = %3.0f%% of sgemm at M=512, %3.0f%% of best sgemm", 100.0 * pflops / sgemm[5],
+               100.0 * pflops / sgemm_best);
+    }
+    printf("\n");
     kv_cache_destroy(kv);
     model_destroy(model);
     return 0;

@@ -569,21 +569,18 @@ INLINE T256 __m256 wload256(enum kernel_wtype wt, const void *wp, size_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* One MR x 16 tile (a quarter of a panel; wp already offset to it, rows still 64 apart): two
- * accumulators per row, so 6 rows use 12 of the 16 ymm registers and the two weight vectors and
- * the broadcast fit beside them (a wider tile spills accumulators to the stack every k). With
- * SWIGLU the two are 8 gate columns and the same 8 up columns 32 further on, making 8 output
- * columns. */
-INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
-                         const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
-                         int32_t n_cols, enum kernel_epilogue epilogue) {
+/* The accumulation of one MR x 16 tile: acc[i] and acc[MR_256 + i] are row i's two vectors.
+ * Kept out of line from the stores (one function per weight type): inlined into the tile, GCC
+ * hoisted epilogue constants into ymm registers across the k loop and spilled two accumulators
+ * to the stack, a store-forwarding chain every k (seen in objdump). */
+INLINE T256 void tile256_acc(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
+                             const void *wp, int32_t k, size_t off1, __m256 *acc) {
     __m256 a0[MR_256], a1[MR_256];
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
         a0[i] = _mm256_setzero_ps();
         a1[i] = _mm256_setzero_ps();
     }
-    const size_t off1 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 8;
     for (int32_t kk = 0; kk < k; kk++) {
         size_t wk = (size_t)kk * KERNEL_NR;
         __m256 w0 = wload256(wt, wp, wk);
@@ -595,6 +592,62 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
             a1[i] = _mm256_fmadd_ps(xv, w1, a1[i]);
         }
     }
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++) {
+        acc[i] = a0[i];
+        acc[MR_256 + i] = a1[i];
+    }
+}
+
+/* tile256_acc for 1..MR_256 rows, one out-of-line copy per weight type. */
+#define TILE256_ACC_FN(name, wt)                                                                   \
+    static T256 __attribute__((noinline)) void name(                                               \
+        int mr, const float *x, size_t ldx, const void *wp, int32_t k, size_t off1, __m256 *acc) { \
+        switch (mr) {                                                                              \
+        case 6:                                                                                    \
+            tile256_acc(6, wt, x, ldx, wp, k, off1, acc);                                          \
+            break;                                                                                 \
+        case 5:                                                                                    \
+            tile256_acc(5, wt, x, ldx, wp, k, off1, acc);                                          \
+            break;                                                                                 \
+        case 4:                                                                                    \
+            tile256_acc(4, wt, x, ldx, wp, k, off1, acc);                                          \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            tile256_acc(3, wt, x, ldx, wp, k, off1, acc);                                          \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            tile256_acc(2, wt, x, ldx, wp, k, off1, acc);                                          \
+            break;                                                                                 \
+        default:                                                                                   \
+            tile256_acc(1, wt, x, ldx, wp, k, off1, acc);                                          \
+            break;                                                                                 \
+        }                                                                                          \
+    }
+TILE256_ACC_FN(tile256_acc_f32, KERNEL_W_F32)
+TILE256_ACC_FN(tile256_acc_f16, KERNEL_W_F16)
+TILE256_ACC_FN(tile256_acc_bf16, KERNEL_W_BF16)
+#undef TILE256_ACC_FN
+
+/* One MR x 16 tile (a quarter of a panel; wp already offset to it, rows still 64 apart): two
+ * accumulators per row, so 6 rows use 12 of the 16 ymm registers and the two weight vectors and
+ * the broadcast fit beside them (a wider tile spills accumulators to the stack every k). With
+ * SWIGLU the two are 8 gate columns and the same 8 up columns 32 further on, making 8 output
+ * columns. */
+INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
+                         const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
+                         int32_t n_cols, enum kernel_epilogue epilogue) {
+    __m256 acc[2 * MR_256];
+    const size_t off1 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 8;
+    if (wt == KERNEL_W_F32) {
+        tile256_acc_f32(mr, x, ldx, wp, k, off1, acc);
+    } else if (wt == KERNEL_W_F16) {
+        tile256_acc_f16(mr, x, ldx, wp, k, off1, acc);
+    } else {
+        tile256_acc_bf16(mr, x, ldx, wp, k, off1, acc);
+    }
+    const __m256 *a0 = acc;
+    const __m256 *a1 = acc + MR_256;
     if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
         int32_t n_valid = n_cols >= 8 ? 8 : n_cols;
         __m256 bg = bias != NULL ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
