@@ -288,7 +288,7 @@ START_TEST(test_vector_helpers_match_scalar) {
         }
     }
     /* Attention over a paged layout (3 blocks of 16 rows, scattered), every ISA vs scalar, head
-     * sizes 64 and 128 (AVX-512's own paths) and 40 (the generic one). */
+     * sizes 64 and 128 (the AVX-512 and AVX2 paths of their own) and 40 (the generic one). */
     enum { HS = 128, ROW = 144, BLOCK = 16 * ROW, N_POS = 40 };
     float *cache_k = malloc(5 * BLOCK * sizeof(float));
     float *cache_v = malloc(5 * BLOCK * sizeof(float));
@@ -326,7 +326,8 @@ START_TEST(test_vector_helpers_match_scalar) {
                      HS, 0.125f, scores, got);
     ck_assert_float_le(max_abs_diff(got, cache_v + 4 * BLOCK, HS), 1e-6f);
     /* A half cache gives, on every ISA, the bytes of a float32 cache holding the same (rounded)
-     * values: head sizes 64 and 128 (AVX-512's own paths) and 40 (the generic one). */
+     * values: head sizes 64 and 128 (the AVX-512 and AVX2 paths of their own) and 40 (the generic
+     * one). */
     uint16_t *half_k = malloc(5 * BLOCK * sizeof(uint16_t));
     uint16_t *half_v = malloc(5 * BLOCK * sizeof(uint16_t));
     for (int i = 0; i < 5 * BLOCK; i++) {

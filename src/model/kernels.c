@@ -926,6 +926,122 @@ static T256 void f32_to_f16_256(const float *src, uint16_t *dst, size_t n) {
     }
 }
 
+/* 8 K or V elements at element i of base, widened to float32 (wt constant after inlining). */
+INLINE T256 __m256 kvload256(enum kernel_wtype wt, const void *base, size_t i) {
+    if (wt == KERNEL_W_F32) {
+        return _mm256_loadu_ps((const float *)base + i);
+    }
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+}
+
+/* The 8 horizontal sums of a[0..7], in one vector (lane j: the sum of a[j]). */
+INLINE T256 __m256 hsum8x256(const __m256 *a) {
+    __m256 h0 = _mm256_hadd_ps(a[0], a[1]);
+    __m256 h1 = _mm256_hadd_ps(a[2], a[3]);
+    __m256 h2 = _mm256_hadd_ps(a[4], a[5]);
+    __m256 h3 = _mm256_hadd_ps(a[6], a[7]);
+    __m256 g0 = _mm256_hadd_ps(h0, h1); /* a0..a3: low half of each, then high half */
+    __m256 g1 = _mm256_hadd_ps(h2, h3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20),
+                         _mm256_permute2f128_ps(g0, g1, 0x31));
+}
+
+/* Attention for head size 8 * NC (NC = 8: 64, NC = 16: 128). Scores of 8 positions at a time
+ * (8 independent accumulator chains, one in-register reduction; a group of 8 never crosses a
+ * 16-row block), then the weighted V rows into 8 output registers (two passes for 128). The
+ * generic path called a dot and an axpy per position: one dependent FMA chain and a horizontal
+ * sum per score, and the output loaded and stored per position. Every row's result depends on
+ * its own sequence only. NC and wt are constants after inlining. */
+INLINE T256 void attention256_wt(const int nc, enum kernel_wtype wt, const float *q,
+                                 const void *k_base, const void *v_base, const int32_t *blocks,
+                                 size_t block_stride, size_t row_stride, int32_t n, float scale,
+                                 float *scores, float *out) {
+    __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int32_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        size_t k0 = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        __m256 acc[8];
+        __m256 q0 = _mm256_loadu_ps(q);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            acc[j] = _mm256_mul_ps(q0, kvload256(wt, k_base, k0 + (size_t)j * row_stride));
+        }
+#pragma GCC unroll 16
+        for (int c = 1; c < nc; c++) {
+            __m256 qc = _mm256_loadu_ps(q + 8 * c);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                acc[j] = _mm256_fmadd_ps(
+                    qc, kvload256(wt, k_base, k0 + (size_t)j * row_stride + 8 * (size_t)c), acc[j]);
+            }
+        }
+        __m256 s = _mm256_mul_ps(hsum8x256(acc), vscale);
+        _mm256_storeu_ps(scores + t, s);
+        vmax = _mm256_max_ps(vmax, s);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    float max = -INFINITY;
+    for (int j = 0; j < 8; j++) {
+        max = lanes[j] > max ? lanes[j] : max;
+    }
+    for (; t < n; t++) {
+        size_t k = (size_t)blocks[t / 16] * block_stride + (size_t)(t % 16) * row_stride;
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(q), kvload256(wt, k_base, k));
+#pragma GCC unroll 16
+        for (int c = 1; c < nc; c++) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c),
+                                  kvload256(wt, k_base, k + 8 * (size_t)c), acc);
+        }
+        float sc = hsum256(acc) * scale;
+        scores[t] = sc;
+        max = sc > max ? sc : max;
+    }
+    float inv = 1.0f / exp_shift_sum256(scores, n, max);
+#pragma GCC unroll 2
+    for (int half = 0; half < nc / 8; half++) {
+        __m256 o[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            o[c] = _mm256_setzero_ps();
+        }
+        for (int32_t u = 0; u < n; u++) {
+            size_t v = (size_t)blocks[u / 16] * block_stride + (size_t)(u % 16) * row_stride +
+                       64 * (size_t)half;
+            __m256 pv = _mm256_set1_ps(scores[u] * inv);
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                o[c] = _mm256_fmadd_ps(pv, kvload256(wt, v_base, v + 8 * (size_t)c), o[c]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            _mm256_storeu_ps(out + 64 * half + 8 * c, o[c]);
+        }
+    }
+}
+
+/* Head sizes 64 and 128, float32 or f16 K/V. */
+static T256 void attention256(int32_t hs, enum kernel_wtype wt, const float *q, const void *k_base,
+                              const void *v_base, const int32_t *blocks, size_t block_stride,
+                              size_t row_stride, int32_t n, float scale, float *scores,
+                              float *out) {
+    if (hs == 64 && wt == KERNEL_W_F16) {
+        attention256_wt(8, KERNEL_W_F16, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
+    } else if (hs == 64) {
+        attention256_wt(8, KERNEL_W_F32, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
+    } else if (wt == KERNEL_W_F16) {
+        attention256_wt(16, KERNEL_W_F16, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
+    } else {
+        attention256_wt(16, KERNEL_W_F32, q, k_base, v_base, blocks, block_stride, row_stride, n,
+                        scale, scores, out);
+    }
+}
+
 #endif /* HAVE_X86 */
 
 void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *w_packed,
@@ -1039,6 +1155,11 @@ void kernel_attention(enum kernel_isa isa, const float *q, const void *k_base, c
 #if HAVE_X86
     if (isa == KERNEL_ISA_AVX512 && (hs == 64 || hs == 128)) {
         attention512(hs, kv_type, q, k_base, v_base, blocks, block_stride, row_stride, n, scale,
+                     scores, out);
+        return;
+    }
+    if (isa == KERNEL_ISA_AVX2 && (hs == 64 || hs == 128)) {
+        attention256(hs, kv_type, q, k_base, v_base, blocks, block_stride, row_stride, n, scale,
                      scores, out);
         return;
     }
