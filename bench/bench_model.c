@@ -9,8 +9,12 @@
  * Also checks whether OpenBLAS's sgemm rows are bit-identical across M (why gptd uses its own
  * kernels is in src/model/kernels.h).
  *
- * Usage: bench_model [MODEL_DIR] [--threads N] [--weights auto|f32|f16|bf16]
- *        (default build/gpt2-124m-random; write it with
+ * Usage: bench_model [MODEL_DIR] [--threads N] [--weights auto|f32|f16|bf16] [--model-only]
+ *                    [--batch B] [--ctx N] [--private-kv] [--prefill-only]
+ *        --batch B: only decode at batch B (any size); --ctx N: decode context (default 128);
+ *        --private-kv: each sequence prefills a prompt of its own instead of sharing forks of
+ *        one (the server's case: attention reads every sequence's K/V from memory).
+ *        (default model build/gpt2-124m-random; write it with
  *        build/tools/make-random-gpt2 build/gpt2-124m-random). Run under
  *        `flock /tmp/gptd-bench.lock` and report `uptime` with the numbers.
  */
@@ -242,15 +246,21 @@ static double matmul_flops_per_row(const struct model_config *c) {
     return 2.0 * c->n_layer * (C * (q + 2 * kv) + q * C + mlp);
 }
 
-/* Decode tok/s at batch size b: one 128-token prompt, forked b times (the blocks are shared,
- * so attention reads as much as b private copies), then timed greedy-free decode steps. */
-static double bench_decode(struct model *model, int32_t b, int32_t ctx, double *step_ms) {
+/* Decode tok/s at batch size b: one ctx-token prompt, forked b times (the blocks are shared:
+ * attention reads as many bytes as b private copies but they stay in cache), or with is_private
+ * b prompts of their own (what a server decodes: every sequence's K/V read from memory), then
+ * timed greedy-free decode steps. */
+static double bench_decode(struct model *model, int32_t b, int32_t ctx, int is_private,
+                           double *step_ms) {
     const struct model_config *c = model_get_config(model);
     /* Blocks for the shared prompt plus each sequence's own decode tail (made per run, so the
      * pre-faulting of the pool stays proportional to the batch). */
     char err[256];
     struct kv_cache *kv = kv_cache_create(
-        model, kv_bytes_for(model, (ctx / KV_BLOCK_SIZE + 2) + (size_t)b * 3), err, sizeof(err));
+        model,
+        kv_bytes_for(model,
+                     (size_t)(is_private ? b : 1) * (ctx / KV_BLOCK_SIZE + 2) + (size_t)b * 3),
+        err, sizeof(err));
     if (kv == NULL) {
         fprintf(stderr, "bench_model: %s\n", err);
         exit(1);
@@ -270,7 +280,16 @@ static double bench_decode(struct model *model, int32_t b, int32_t ctx, double *
     model_forward(model, kv, scratch, &p, 1, logits);
     for (int32_t i = 1; i < b; i++) {
         kv_seq_init(&seqs[i], kv);
-        kv_seq_fork(kv, &seqs[i], &seqs[0]);
+        if (is_private) {
+            for (int32_t j = 0; j < ctx; j++) {
+                prompt[j] = (j * 7919 + i * 104729) % c->n_vocab;
+            }
+            kv_seq_reserve(kv, &seqs[i], ctx);
+            p.kv = &seqs[i];
+            model_forward(model, kv, scratch, &p, 1, logits);
+        } else {
+            kv_seq_fork(kv, &seqs[i], &seqs[0]);
+        }
     }
     int32_t n_steps = b >= 32 ? 12 : 24;
     double best = 1e30;
@@ -283,7 +302,8 @@ static double bench_decode(struct model *model, int32_t b, int32_t ctx, double *
         for (int32_t i = 0; i < b; i++) {
             next[i] = (step * 31 + i * 17) % c->n_vocab;
             if (kv_seq_reserve(kv, &seqs[i], 1) != KV_OK) {
-                fprintf(stderr, "bench: KV cache too small\n");
+                fprintf(stderr, "bench: KV cache too small (seq %d at %d, %d blocks free)\n", i,
+                        seqs[i].n_pos, kv_cache_n_blocks_free(kv));
                 exit(1);
             }
             batch[i] = (struct model_batch_seq){
@@ -353,6 +373,8 @@ int main(int argc, char **argv) {
     int n_threads = 2;
     int is_model_only = 0;
     int32_t only_batch = 0;
+    int32_t ctx = 128;
+    int is_private = 0;
     int is_prefill_only = 0;
     enum model_weights weights = MODEL_WEIGHTS_AUTO;
     for (int i = 1; i < argc; i++) {
@@ -367,6 +389,10 @@ int main(int argc, char **argv) {
             is_model_only = 1; /* skip the machine probes (for profiling) */
         } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
             only_batch = atoi(argv[++i]); /* one decode batch size (-1: none), no prefill */
+        } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
+            ctx = atoi(argv[++i]); /* decode context (default 128) */
+        } else if (strcmp(argv[i], "--private-kv") == 0) {
+            is_private = 1; /* each sequence its own prompt instead of forks of one */
         } else if (strcmp(argv[i], "--prefill-only") == 0) {
             only_batch = -1;
             is_prefill_only = 1;
@@ -374,6 +400,10 @@ int main(int argc, char **argv) {
         } else {
             dir = argv[i];
         }
+    }
+    if (ctx < 1 || ctx > 1000) {
+        fprintf(stderr, "bench_model: --ctx wants 1 .. 1000\n");
+        return 2;
     }
     model_set_threads(n_threads);
     openblas_set_num_threads(n_threads);
@@ -443,15 +473,15 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < n_batches; i++) {
         double step_ms;
-        double tps = bench_decode(model, batches[i], 128, &step_ms);
+        double tps = bench_decode(model, batches[i], ctx, is_private, &step_ms);
         double sg = sgemm_at(sgemm, batches[i]);
         /* The mean over the timed steps, and the best single step: on a shared machine the best
          * step is the closer estimate of the uncontended speed. */
         double tps_best = batches[i] / (step_ms / 1e3);
         double gflops_best = tps_best * (matmul_flops_per_row(c) + lm_flops) / 1e9;
-        printf("decode batch %-2d ctx 128: %7.1f tok/s mean, %7.1f tok/s best step (%.2f ms); "
+        printf("decode batch %-2d ctx %d%s: %7.1f tok/s mean, %7.1f tok/s best step (%.2f ms); "
                "%6.1f GFLOPS",
-               batches[i], tps, tps_best, step_ms, gflops_best);
+               batches[i], ctx, is_private ? " private" : "", tps, tps_best, step_ms, gflops_best);
         if (!is_model_only) {
             printf(" = %3.0f%% of sgemm at M=%d, %3.0f%% of best sgemm", 100.0 * gflops_best / sg,
                    batches[i], 100.0 * gflops_best / sgemm_best);
