@@ -1,5 +1,6 @@
 /*
- * util.h: small pieces every module shares: levelled logging to stderr and a monotonic clock.
+ * util.h: small pieces every module shares: levelled logging to stderr, a monotonic clock and
+ * the allocator of large arrays.
  *
  * Any thread may call these. Logging writes one line per call with a single fputs, so lines
  * from different threads never interleave mid-line.
@@ -37,5 +38,10 @@ int64_t time_now_us(void);
 
 /* Seconds since the Unix epoch from CLOCK_REALTIME: for "created" fields and logs. */
 int64_t time_wall_s(void);
+
+/* A 64-byte aligned block of at least bytes (freed with free()); from 2 MB on, 2 MB aligned and
+ * advised to the kernel as transparent huge pages (src/util/memory.c says why). NULL when out of
+ * memory. */
+void *mem_alloc_large(size_t bytes);
 
 #endif

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <gptd/model.h>
+#include <gptd/util.h>
 
 #include "kv_cache_internal.h"
 
@@ -73,9 +74,9 @@ struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_b
     kv->n_ctx = cfg->n_ctx;
     kv->block_elems = block_elems;
     kv->etype = etype;
-    /* 64-byte aligned for vector loads (aligned_alloc wants a multiple of 64 bytes). */
-    size_t data_bytes = (n_blocks * block_bytes + 63) / 64 * 64;
-    kv->data = aligned_alloc(64, data_bytes);
+    /* 64-byte aligned for vector loads, on huge pages where possible (attention reads rows
+     * kv_dim apart all over the pool). */
+    kv->data = mem_alloc_large(n_blocks * block_bytes);
     kv->refcount = calloc(n_blocks, sizeof(*kv->refcount));
     kv->free_ids = malloc(n_blocks * sizeof(*kv->free_ids));
     uint32_t n_buckets = 16;
@@ -106,7 +107,7 @@ struct kv_cache *kv_cache_create_with(const struct model *model, size_t budget_b
                (uint64_t)(uint32_t)kv_dim;
     /* Touch every page now: the budget is committed at start-up (a server that cannot have it
      * should fail here, not mid-request), and no decode step pays first-touch page faults. */
-    memset(kv->data, 0, data_bytes);
+    memset(kv->data, 0, n_blocks * block_bytes);
     /* Pop order low ids first: ids are handed out from the top of the stack. */
     for (int32_t i = 0; i < kv->n_blocks; i++) {
         kv->free_ids[i] = kv->n_blocks - 1 - i;

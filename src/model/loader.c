@@ -479,7 +479,7 @@ struct model *model_load_with(const char *dir, enum model_weights weights, char 
         total += (s->n_elements * size + 63) / 64 * 64;
     }
     model->weight_bytes = total;
-    model->weights = aligned_alloc(64, total > 0 ? total : 64);
+    model->weights = mem_alloc_large(total); /* huge pages: every step streams all of it */
     if (model->weights == NULL) {
         snprintf(err, err_size, "out of memory for %zu bytes of weights", model->weight_bytes);
         goto fail;
