@@ -8,9 +8,10 @@
 # weights, and a Llama of SmolLM2-135M's shape), the tokenizer and sampler benchmarks, the in-process engine benchmark, gptd-bench
 # against `gptd serve` at concurrency 1, 4, 16, 32 and 64, wrk for per-request overhead, the chat
 # route against completions (bench/chat.sh), multi-turn chat with the prefix cache on and off
-# (bench/turns.sh) and template rendering (bench_template). Raw outputs go to
+# (bench/turns.sh), the engine through HTTP against the model alone (bench/step.sh) and template
+# rendering (bench_template). Raw outputs go to
 # build/bench-results/; summary.md there holds the tables; the plots are written to
-# docs/perf/ (gnuplot, SVG). Takes about 15 minutes (--quick: fewer requests, ~5 minutes).
+# docs/perf/ (gnuplot, SVG). Takes about 25 minutes (--quick: fewer requests, ~5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -124,6 +125,8 @@ log "chat vs completions through HTTP (Llama 3.1 tokenizer and template)"
 bash bench/chat.sh "$out" >/dev/null || true
 log "multi-turn chat, prefix cache on and off"
 bash bench/turns.sh "$out" >/dev/null || true
+log "step cost: the engine through HTTP against the model alone, 16 and 32 streams, f32 and f16"
+bash bench/step.sh "$out" >/dev/null || true
 log "chat template rendering"
 build/bench/bench_template >"$out/template.txt" 2>&1 || true
 
@@ -179,6 +182,10 @@ EOF
     echo "# Chat vs completions (HTTP) and template rendering"
     echo '```'
     cat "$out/chat.txt" "$out/template.txt" "$out/turns.txt"
+    echo '```'
+    echo "# Step cost: engine through HTTP vs the model alone"
+    echo '```'
+    cat "$out/step.txt"
     echo '```'
     echo "# wrk"
     echo '```'

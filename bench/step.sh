@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# step.sh: the engine through HTTP against the model alone (issue 19's step cost; called by
+# bench/run.sh, runs alone too: bash bench/step.sh OUT_DIR).
+#
+# For --weights f32 and f16 and 16 and 32 streams: bench_model decodes at that batch with a
+# 96-token context (the mean context of a 32-token prompt growing to 160; median of three
+# runs), once with every sequence's own K/V (--private-kv, what a server decodes) and once
+# with forks of one prompt (shared blocks, as bench_model's default table); then `gptd serve` with the same weights gets
+# gptd-bench with 32-token prompts, 128 new tokens, ignore_eos, 2 x C requests, and the engine's
+# per-phase step timers (gptd_engine_phase_seconds_total) are read from /metrics before and
+# after. Writes OUT_DIR/step.txt (one line per run, with the ratio of HTTP to model tok/s) and
+# OUT_DIR/step-<weights>-c<C>.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build/bench-results}
+model=build/gpt2-124m-random
+mkdir -p "$out"
+if [ ! -f "$model/model.safetensors" ]; then
+    build/tools/make-random-gpt2 "$model" >/dev/null
+fi
+[ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
+. bench/serve_lib.sh
+
+# Sum of each phase's seconds in a /metrics text: "schedule forward sample output finish".
+phases() {
+    awk -F'[{}"]' '/^gptd_engine_phase_seconds_total/ { split($0, f, " "); s[$3] = f[2] }
+        END { printf "%s %s %s %s %s\n", s["schedule"], s["forward"], s["sample"], s["output"], s["finish"] }' "$1"
+}
+# Decode tokens/s of the model alone (bench_model's mean over its timed steps), the median of
+# three runs: one run moves by +-20 % on a shared VM.
+model_tps() {
+    for _ in 1 2 3; do
+        build/bench/bench_model "$model" --model-only --weights "$1" --batch "$2" --ctx 96 $3 \
+            2>/dev/null | sed -nE 's/^decode batch.*: +([0-9.]+) tok\/s mean.*/\1/p'
+    done | sort -n | sed -n 2p
+}
+
+echo "uptime: $(uptime)" >"$out/step.txt"
+echo "weights streams model_private_tok_s model_shared_tok_s http_tok_s http/private http/shared" \
+    "ttft_p50_ms ttft_p99_ms itl_p50_ms itl_p99_ms duration_s schedule_s forward_s sample_s" \
+    "output_s finish_s" >>"$out/step.txt"
+for w in f32 f16; do
+    bench_serve "$out/step-serve" -m "$model" --kv-cache-mb 1024 --weights "$w"
+    url="http://127.0.0.1:$bench_port"
+    build/bench/gptd-bench --url "$url" --concurrency 4 --requests 8 --max-tokens 16 \
+        --ignore-eos --quiet >/dev/null || true
+    for c in 16 32; do
+        curl -s "$url/metrics" >"$out/step-metrics-0"
+        build/bench/gptd-bench --url "$url" --concurrency "$c" --requests $((2 * c)) \
+            --prompt-tokens 32 --max-tokens 128 --ignore-eos --quiet \
+            --json "$out/step-$w-c$c.json" >/dev/null || true
+        curl -s "$url/metrics" >"$out/step-metrics-1"
+        read -r s0 f0 a0 o0 e0 <<<"$(phases "$out/step-metrics-0")"
+        read -r s1 f1 a1 o1 e1 <<<"$(phases "$out/step-metrics-1")"
+        # The model alone runs while the server idles (its engine thread sleeps).
+        private=$(model_tps "$w" "$c" --private-kv)
+        shared=$(model_tps "$w" "$c" "")
+        jq -r '[.output_throughput, .ttft_p50_ms, .ttft_p99_ms, .itl_p50_ms, .itl_p99_ms, .duration_s] | @tsv' \
+            "$out/step-$w-c$c.json" | tr '\t' ' ' | awk -v w="$w" -v c="$c" -v p="$private" \
+            -v sh="$shared" \
+            -v ds="$(awk -v a="$s0" -v b="$s1" 'BEGIN{print b-a}')" \
+            -v df="$(awk -v a="$f0" -v b="$f1" 'BEGIN{print b-a}')" \
+            -v da="$(awk -v a="$a0" -v b="$a1" 'BEGIN{print b-a}')" \
+            -v do_="$(awk -v a="$o0" -v b="$o1" 'BEGIN{print b-a}')" \
+            -v de="$(awk -v a="$e0" -v b="$e1" 'BEGIN{print b-a}')" \
+            '{ printf "%s %d %.1f %.1f %.1f %.2f %.2f %.0f %.0f %.1f %.1f %.1f %.3f %.2f %.2f %.2f %.3f\n",
+                   w, c, p, sh, $1, (p > 0 ? $1 / p : 0), (sh > 0 ? $1 / sh : 0), $2, $3, $4, $5, $6,
+                   ds, df, da, do_, de }' >>"$out/step.txt"
+    done
+    bench_stop
+done
+rm -f "$out/step-metrics-0" "$out/step-metrics-1"
+cat "$out/step.txt"
