@@ -9,7 +9,7 @@
  *
  * usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] [--new 128]
  *                     [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024]
- *                     [--long-prompt 1000] [--weights auto|f32|f16|bf16]
+ *                     [--long-prompt 1000] [--weights auto|f32|f16|bf16|q8]
  *                     [--kv-cache-dtype f32|f16]
  *                     [--tokenizer DIR]   (tokenizer files when MODEL_DIR has none)
  */
@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_engine MODEL_DIR [--concurrency 1,4,16,32,64] [--prompt 64] "
                         "[--new 128] [--batch-tokens 256] [--prefill-chunk 12] [--kv-mb 1024] "
-                        "[--long-prompt 1000] [--weights auto|f32|f16|bf16] "
+                        "[--long-prompt 1000] [--weights auto|f32|f16|bf16|q8] "
                         "[--kv-cache-dtype f32|f16]\n");
         return 2;
     }
@@ -165,7 +165,7 @@ int main(int argc, char **argv) {
             }
         } else if (strcmp(argv[i], "--weights") == 0) {
             if (model_weights_parse(argv[i + 1], &weights) != 0) {
-                fprintf(stderr, "--weights wants auto, f32, f16 or bf16\n");
+                fprintf(stderr, "--weights wants auto, f32, f16, bf16 or q8\n");
                 return 2;
             }
         } else {

@@ -9,7 +9,7 @@
  * Also checks whether OpenBLAS's sgemm rows are bit-identical across M (why gptd uses its own
  * kernels is in src/model/kernels.h).
  *
- * Usage: bench_model [MODEL_DIR] [--threads N] [--weights auto|f32|f16|bf16] [--model-only]
+ * Usage: bench_model [MODEL_DIR] [--threads N] [--weights auto|f32|f16|bf16|q8] [--model-only]
  *                    [--batch B] [--ctx N] [--private-kv] [--prefill-only]
  *        --batch B: only decode at batch B (any size); --ctx N: decode context (default 128);
  *        --private-kv: each sequence prefills a prompt of its own instead of sharing forks of
@@ -191,17 +191,30 @@ static void kernel_task(void *ctx, int32_t i_task, int32_t i_thread) {
 static double measure_kernel(struct pool *pool, enum kernel_wtype wt, int m, int k, int n) {
     struct kernel_job j = {.m = m, .k = k, .n = n, .isa = kernel_isa_best(), .wt = wt};
     float *x = aligned_alloc(64, (size_t)m * k * sizeof(float));
-    void *w = aligned_alloc(64, kernel_packed_floats(k, n) * kernel_wtype_size(wt));
+    void *w = aligned_alloc(64, kernel_packed_bytes(wt, k, n));
     float *out = aligned_alloc(64, (size_t)m * n * sizeof(float));
     for (size_t i = 0; i < (size_t)m * k; i++) {
         x[i] = (float)(i % 7) * 0.1f;
     }
     for (size_t i = 0; i < kernel_packed_floats(k, n); i++) {
-        if (wt == KERNEL_W_F32) {
+        if (wt == KERNEL_W_Q8) {
+            ((int8_t *)w)[i % (size_t)(k * KERNEL_NR) +
+                          i / (size_t)(k * KERNEL_NR) * kernel_panel_bytes(wt, k)] =
+                (int8_t)(i % 11);
+        } else if (wt == KERNEL_W_F32) {
             ((float *)w)[i] = (float)(i % 11) * 0.01f;
         } else {
             ((uint16_t *)w)[i] =
                 (uint16_t)(0x3c00 + i % 11); /* small normal numbers in F16 and BF16 */
+        }
+    }
+    if (wt == KERNEL_W_Q8) { /* the scales after each panel's values */
+        for (int32_t p = 0; p < kernel_n_panels(n); p++) {
+            float *sc = (float *)(void *)((char *)w + (size_t)p * kernel_panel_bytes(wt, k) +
+                                          (size_t)k * KERNEL_NR);
+            for (size_t i = 0; i < kernel_q8_n_groups(k) * KERNEL_NR; i++) {
+                sc[i] = 0.01f;
+            }
         }
     }
     j.x = x;
@@ -382,7 +395,7 @@ int main(int argc, char **argv) {
             n_threads = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--weights") == 0 && i + 1 < argc) {
             if (model_weights_parse(argv[++i], &weights) != 0) {
-                fprintf(stderr, "bench_model: --weights wants auto, f32, f16 or bf16\n");
+                fprintf(stderr, "bench_model: --weights wants auto, f32, f16, bf16 or q8\n");
                 return 2;
             }
         } else if (strcmp(argv[i], "--model-only") == 0) {
@@ -419,13 +432,15 @@ int main(int argc, char **argv) {
             printf("cblas_sgemm M=%-3d K=768 N=2304: %6.1f GFLOPS\n", probe_m[i], sgemm[i]);
         }
         struct pool *pool = pool_create(n_threads);
-        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_F16; wt++) {
+        const enum kernel_wtype probed[] = {KERNEL_W_F32, KERNEL_W_F16, KERNEL_W_Q8};
+        const char *const probed_name[] = {"f32", "f16", "q8"};
+        for (int t = 0; t < 3; t++) {
             for (int i = 0; i < 6; i++) {
-                double g = measure_kernel(pool, (enum kernel_wtype)wt, probe_m[i], 768, 2304);
+                double g = measure_kernel(pool, probed[t], probe_m[i], 768, 2304);
                 printf("gptd kernel (%s, %s weights) M=%-3d K=768 N=2304: %6.1f GFLOPS (%.0f%% "
                        "of sgemm)\n",
-                       kernel_isa_name(kernel_isa_best()), wt == KERNEL_W_F32 ? "f32" : "f16",
-                       probe_m[i], g, 100.0 * g / sgemm[i]);
+                       kernel_isa_name(kernel_isa_best()), probed_name[t], probe_m[i], g,
+                       100.0 * g / sgemm[i]);
             }
         }
         pool_destroy(pool);

@@ -4,12 +4,12 @@
 #   bash bench/run.sh [--quick]
 #
 # Builds (release), writes the 124M-shaped random model (fixed seed) into build/, then runs on
-# this machine, one after another: the roofline probes and model benchmark (also f32 vs f16
+# this machine, one after another: the roofline probes and model benchmark (also f32 vs f16 vs q8
 # weights, and a Llama of SmolLM2-135M's shape), the tokenizer and sampler benchmarks, the in-process engine benchmark, gptd-bench
 # against `gptd serve` at concurrency 1, 4, 16, 32 and 64, wrk for per-request overhead, the chat
 # route against completions (bench/chat.sh), multi-turn chat with the prefix cache on and off
-# (bench/turns.sh), the engine through HTTP against the model alone (bench/step.sh) and template
-# rendering (bench_template). Raw outputs go to
+# (bench/turns.sh), the engine through HTTP against the model alone (bench/step.sh), the quality
+# of f16 and q8 weights (bench/quality.sh) and template rendering (bench_template). Raw outputs go to
 # build/bench-results/; summary.md there holds the tables; the plots are written to
 # docs/perf/ (gnuplot, SVG). Takes about 25 minutes (--quick: fewer requests, ~5 minutes).
 set -euo pipefail
@@ -50,12 +50,12 @@ fi
 
 log "model benchmark (roofline probes, decode, prefill)"
 build/bench/bench_model "$model" >"$out/model.txt" 2>&1 || true
-log "model benchmark, f32 vs f16 weights"
-# The same model with its matmul weights rounded to 16 bits (--weights f16), f32 and f16 runs
-# interleaved three times so that a busy moment hits both.
+log "model benchmark, f32 vs f16 vs q8 weights"
+# The same model with its matmul weights rounded to 16 bits (--weights f16) and quantized to 8
+# (--weights q8), the three runs interleaved three times so that a busy moment hits them all.
 : >"$out/model-weights.txt"
 for _ in 1 2 3; do
-    for w in f32 f16; do
+    for w in f32 f16 q8; do
         echo "== --weights $w" >>"$out/model-weights.txt"
         build/bench/bench_model "$model" --model-only --weights "$w" 2>&1 |
             grep -E '^(decode|prefill)' >>"$out/model-weights.txt" || true
@@ -127,6 +127,8 @@ log "multi-turn chat, prefix cache on and off"
 bash bench/turns.sh "$out" >/dev/null || true
 log "step cost: the engine through HTTP against the model alone, 16 and 32 streams, f32 and f16"
 bash bench/step.sh "$out" >/dev/null || true
+log "quality of f16 and q8 weights against float32 (perplexity, greedy agreement)"
+bash bench/quality.sh "$out" >/dev/null || true
 log "chat template rendering"
 build/bench/bench_template >"$out/template.txt" 2>&1 || true
 
@@ -167,7 +169,7 @@ EOF
     echo '```'
     cat "$out/model.txt"
     echo '```'
-    echo "# Model, f32 vs f16 matmul weights"
+    echo "# Model, f32 vs f16 vs q8 matmul weights"
     echo '```'
     cat "$out/model-weights.txt"
     echo '```'
@@ -186,6 +188,10 @@ EOF
     echo "# Step cost: engine through HTTP vs the model alone"
     echo '```'
     cat "$out/step.txt"
+    echo '```'
+    echo "# Quality of f16 and q8 weights"
+    echo '```'
+    cat "$out/quality.txt"
     echo '```'
     echo "# wrk"
     echo '```'

@@ -2,13 +2,14 @@
 # step.sh: the engine through HTTP against the model alone (issue 19's step cost; called by
 # bench/run.sh, runs alone too: bash bench/step.sh OUT_DIR).
 #
-# For --weights f32 and f16 and 16 and 32 streams: bench_model decodes at that batch with a
-# 96-token context (the mean context of a 32-token prompt growing to 160; median of three
-# runs), once with every sequence's own K/V (--private-kv, what a server decodes) and once
-# with forks of one prompt (shared blocks, as bench_model's default table); then `gptd serve` with the same weights gets
-# gptd-bench with 32-token prompts, 128 new tokens, ignore_eos, 2 x C requests, and the engine's
-# per-phase step timers (gptd_engine_phase_seconds_total) are read from /metrics before and
-# after. Writes OUT_DIR/step.txt (one line per run, with the ratio of HTTP to model tok/s) and
+# For --weights f32, f16 and q8 and 1, 16 and 32 streams: bench_model decodes at that batch
+# with a 96-token context (the mean context of a 32-token prompt growing to 160; median of
+# three runs), once with every sequence's own K/V (--private-kv, what a server decodes) and once
+# with forks of one prompt (shared blocks, as bench_model's default table); then `gptd serve`
+# with the same weights gets gptd-bench with 32-token prompts, 128 new tokens, ignore_eos,
+# 2 x C requests (at least 4), and the engine's per-phase step timers
+# (gptd_engine_phase_seconds_total) are read from /metrics before and after. Writes
+# OUT_DIR/step.txt (one line per run, with the ratio of HTTP to model tok/s) and
 # OUT_DIR/step-<weights>-c<C>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,14 +40,14 @@ echo "uptime: $(uptime)" >"$out/step.txt"
 echo "weights streams model_private_tok_s model_shared_tok_s http_tok_s http/private http/shared" \
     "ttft_p50_ms ttft_p99_ms itl_p50_ms itl_p99_ms duration_s schedule_s forward_s sample_s" \
     "output_s finish_s" >>"$out/step.txt"
-for w in f32 f16; do
+for w in f32 f16 q8; do
     bench_serve "$out/step-serve" -m "$model" --kv-cache-mb 1024 --weights "$w"
     url="http://127.0.0.1:$bench_port"
     build/bench/gptd-bench --url "$url" --concurrency 4 --requests 8 --max-tokens 16 \
         --ignore-eos --quiet >/dev/null || true
-    for c in 16 32; do
+    for c in 1 16 32; do
         curl -s "$url/metrics" >"$out/step-metrics-0"
-        build/bench/gptd-bench --url "$url" --concurrency "$c" --requests $((2 * c)) \
+        build/bench/gptd-bench --url "$url" --concurrency "$c" --requests $((c > 2 ? 2 * c : 4)) \
             --prompt-tokens 32 --max-tokens 128 --ignore-eos --quiet \
             --json "$out/step-$w-c$c.json" >/dev/null || true
         curl -s "$url/metrics" >"$out/step-metrics-1"

@@ -26,7 +26,7 @@ grep -q "unknown option '--frobnicate'" /tmp/gptd_cli_err.$$ || { echo "FAIL unk
 check no-args 2 "$gptd"
 check version-extra-arg 2 "$gptd" version --bogus
 check serve-bad-weights 2 "$gptd" serve --weights fp16 --port 0
-grep -q "expected auto, f32, f16 or bf16" /tmp/gptd_cli_err.$$ || { echo "FAIL --weights message"; fail=1; }
+grep -q "expected auto, f32, f16, bf16 or q8" /tmp/gptd_cli_err.$$ || { echo "FAIL --weights message"; fail=1; }
 check serve-bad-kv-dtype 2 "$gptd" serve --kv-cache-dtype fp8 --port 0
 grep -q "expected f32 or f16" /tmp/gptd_cli_err.$$ || { echo "FAIL --kv-cache-dtype message"; fail=1; }
 rm -f /tmp/gptd_cli_out.$$ /tmp/gptd_cli_err.$$

@@ -73,10 +73,10 @@ expect_exit missing-model-dir 1 -m "$tmp/nope" --prompt-ids 1
 expect_exit bad-weights 2 -m "$model" --prompt-ids 1 --weights fp16
 expect_exit bad-kv-dtype 2 -m "$model" --prompt-ids 1 --kv-cache-dtype bf16
 
-# --weights: f32 is the float32 checkpoint as is (the golden greedy ids); f16 and bf16 round
-# the matmul weights, say so in the log, and still run the 48 steps.
+# --weights: f32 is the float32 checkpoint as is (the golden greedy ids); f16 and bf16 round (q8
+# quantizes) the matmul weights, say so in the log, and still run the 48 steps.
 ids=$(jq -r '.prompts[0].prompt_ids | map(tostring) | join(",")' "$golden")
-for w in f32 f16 bf16; do
+for w in f32 f16 bf16 q8; do
     if "$gptd" generate -m "$model" --prompt-ids "$ids" -n 48 --ignore-eos --json --weights "$w" \
         >"$tmp/w.json" 2>"$tmp/err" && grep -q "matmuls in $w" "$tmp/err" &&
         [ "$(jq '.ids | length' "$tmp/w.json")" = 48 ] &&

@@ -34,6 +34,52 @@ static void round_weights(enum kernel_wtype wt, float *w, uint16_t *bits, size_t
     }
 }
 
+/* Packs w (k rows of nw columns, row-major; column c goes to packed column col[c] of n_packed)
+ * as wt into a fresh 64-byte aligned buffer, and rewrites w with the values the kernels compute
+ * with: rounded to 16 bits, or dequantized from Q8. */
+static void *pack_weights(enum kernel_wtype wt, float *w, int32_t k, int32_t nw, const int32_t *col,
+                          int32_t n_packed) {
+    size_t bytes = (kernel_packed_bytes(wt, k, n_packed) + 63) / 64 * 64;
+    unsigned char *wp = aligned_alloc(64, bytes);
+    memset(wp, 0, bytes);
+    size_t n_el = (size_t)k * (size_t)nw;
+    if (wt == KERNEL_W_Q8) {
+        float *f = calloc(kernel_packed_floats(k, n_packed), sizeof(float));
+        for (size_t i = 0; i < n_el; i++) {
+            f[kernel_packed_index(k, (int32_t)(i / nw), col[i % nw])] = w[i];
+        }
+        ck_assert_int_eq(kernel_pack_q8(f, k, kernel_n_panels(n_packed), wp), 0);
+        free(f);
+    } else {
+        uint16_t *bits = malloc(n_el * sizeof(uint16_t));
+        round_weights(wt, w, bits, n_el);
+        for (size_t i = 0; i < n_el; i++) {
+            size_t at = kernel_packed_index(k, (int32_t)(i / nw), col[i % nw]);
+            if (wt == KERNEL_W_F32) {
+                ((float *)(void *)wp)[at] = w[i];
+            } else {
+                ((uint16_t *)(void *)wp)[at] = bits[i];
+            }
+        }
+        free(bits);
+    }
+    float amax = 0.0f;
+    for (size_t i = 0; i < n_el; i++) {
+        amax = fabsf(w[i]) > amax ? fabsf(w[i]) : amax;
+    }
+    for (size_t i = 0; i < n_el; i++) {
+        float v =
+            kernel_packed_get(wt, wp, k, kernel_packed_index(k, (int32_t)(i / nw), col[i % nw]));
+        if (wt != KERNEL_W_Q8) {
+            ck_assert(v == w[i]); /* 16-bit values widen exactly */
+        } else {
+            ck_assert_float_le(fabsf(v - w[i]), amax / 254.0f * 1.001f); /* half a step at most */
+        }
+        w[i] = v;
+    }
+    return wp;
+}
+
 START_TEST(test_matmul_kernels_match_reference_bytes) {
     static const int32_t shapes[][3] = {{1, 8, 8},    {1, 64, 64},    {7, 64, 192}, {13, 33, 71},
                                         {6, 100, 64}, {32, 128, 130}, {5, 1, 1},    {12, 256, 64}};
@@ -41,15 +87,12 @@ START_TEST(test_matmul_kernels_match_reference_bytes) {
         if (!kernel_isa_supported((enum kernel_isa)isa)) {
             continue;
         }
-        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_BF16; wt++) {
+        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_Q8; wt++) {
             for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
                 int32_t m = shapes[s][0], k = shapes[s][1], n = shapes[s][2];
-                size_t w_size = kernel_wtype_size((enum kernel_wtype)wt);
                 float *x = malloc((size_t)m * k * sizeof(float));
                 float *w = malloc((size_t)k * n * sizeof(float));
-                uint16_t *bits = malloc((size_t)k * n * sizeof(uint16_t));
-                unsigned char *wp =
-                    aligned_alloc(64, (kernel_packed_floats(k, n) * w_size + 63) / 64 * 64);
+                int32_t *col = malloc((size_t)n * sizeof(int32_t));
                 float *bias = malloc((size_t)n * sizeof(float));
                 float *got = malloc((size_t)m * n * sizeof(float));
                 float *want = malloc((size_t)m * n * sizeof(float));
@@ -65,17 +108,10 @@ START_TEST(test_matmul_kernels_match_reference_bytes) {
                 /* A few half subnormals, which the F16 path must widen exactly too. */
                 w[0] = 3e-6f;
                 w[(k * n) / 2] = -1e-7f;
-                round_weights((enum kernel_wtype)wt, w, bits, (size_t)k * n);
-                memset(wp, 0, kernel_packed_floats(k, n) * w_size);
-                for (int32_t i = 0; i < k * n; i++) {
-                    size_t at = kernel_packed_index(k, i / n, i % n);
-                    if (wt == KERNEL_W_F32) {
-                        ((float *)(void *)wp)[at] = w[i];
-                    } else {
-                        ((uint16_t *)(void *)wp)[at] = bits[i];
-                    }
-                    ck_assert(kernel_packed_get((enum kernel_wtype)wt, wp, at) == w[i]);
+                for (int32_t c = 0; c < n; c++) {
+                    col[c] = c;
                 }
+                void *wp = pack_weights((enum kernel_wtype)wt, w, k, n, col, n);
                 for (int32_t i = 0; i < n; i++) {
                     bias[i] = (float)i * 0.01f;
                 }
@@ -111,7 +147,7 @@ START_TEST(test_matmul_kernels_match_reference_bytes) {
                 }
                 free(x);
                 free(w);
-                free(bits);
+                free(col);
                 free(wp);
                 free(bias);
                 free(got);
@@ -133,16 +169,13 @@ START_TEST(test_swiglu_matmul_matches_reference) {
         if (!kernel_isa_supported((enum kernel_isa)isa)) {
             continue;
         }
-        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_BF16; wt++) {
+        for (int wt = KERNEL_W_F32; wt <= KERNEL_W_Q8; wt++) {
             for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
                 int32_t m = shapes[s][0], k = shapes[s][1], f = shapes[s][2];
                 int32_t np = kernel_swiglu_packed_n(f);
-                size_t w_size = kernel_wtype_size((enum kernel_wtype)wt);
                 float *x = malloc((size_t)m * k * sizeof(float));
                 float *w = malloc((size_t)k * 2 * f * sizeof(float)); /* (K, 2F): gate | up */
-                uint16_t *bits = malloc((size_t)k * 2 * f * sizeof(uint16_t));
-                unsigned char *wp =
-                    aligned_alloc(64, (kernel_packed_floats(k, np) * w_size + 63) / 64 * 64);
+                int32_t *col = malloc((size_t)2 * f * sizeof(int32_t));
                 float *bias = malloc((size_t)2 * f * sizeof(float));
                 float *bias_packed = calloc((size_t)np, sizeof(float));
                 float *got = malloc((size_t)m * f * sizeof(float));
@@ -157,20 +190,10 @@ START_TEST(test_swiglu_matmul_matches_reference) {
                     r = r * 1664525u + 1013904223u;
                     w[i] = ((float)(r >> 8) / 16777216.0f - 0.5f) * 2.0f;
                 }
-                round_weights((enum kernel_wtype)wt, w, bits, (size_t)k * 2 * f);
-                memset(wp, 0, kernel_packed_floats(k, np) * w_size);
-                for (int32_t kk = 0; kk < k; kk++) {
-                    for (int32_t c = 0; c < 2 * f; c++) {
-                        int32_t col = kernel_swiglu_column(c % f, c >= f);
-                        size_t at = kernel_packed_index(k, kk, col);
-                        size_t i = (size_t)kk * 2 * f + (size_t)c;
-                        if (wt == KERNEL_W_F32) {
-                            ((float *)(void *)wp)[at] = w[i];
-                        } else {
-                            ((uint16_t *)(void *)wp)[at] = bits[i];
-                        }
-                    }
+                for (int32_t c = 0; c < 2 * f; c++) {
+                    col[c] = kernel_swiglu_column(c % f, c >= f);
                 }
+                void *wp = pack_weights((enum kernel_wtype)wt, w, k, 2 * f, col, np);
                 for (int32_t c = 0; c < 2 * f; c++) {
                     bias[c] = (float)(c % 7) * 0.1f - 0.3f;
                     bias_packed[kernel_swiglu_column(c % f, c >= f)] = bias[c];
@@ -196,7 +219,7 @@ START_TEST(test_swiglu_matmul_matches_reference) {
                 ck_assert_int_eq(memcmp(all, got, (size_t)m * f * sizeof(float)), 0);
                 free(x);
                 free(w);
-                free(bits);
+                free(col);
                 free(wp);
                 free(bias);
                 free(bias_packed);
@@ -206,6 +229,56 @@ START_TEST(test_swiglu_matmul_matches_reference) {
             }
         }
     }
+}
+END_TEST
+
+/* Q8 quantization: per group of 32 k and column, the largest |w| becomes +-127 and its scale
+ * amax / 127; every weight is within half a step; a group of zeros stays zero; a partial last
+ * group (K = 40) has its own scale; a NaN or an infinity is refused. */
+START_TEST(test_q8_quantization) {
+    enum { K = 40, N = 64 };
+    float *w = calloc((size_t)K * N, sizeof(float));
+    for (int32_t kk = 0; kk < K; kk++) {
+        for (int32_t j = 1; j < N; j++) { /* column 0 stays all zeros */
+            w[(size_t)kk * N + (size_t)j] = sinf((float)(kk * N + j) * 0.7f) * (float)(1 + j % 5);
+        }
+    }
+    w[(size_t)35 * N + 7] = 100.0f; /* the partial group of column 7: scale 100 / 127 */
+    unsigned char *q = aligned_alloc(64, kernel_packed_bytes(KERNEL_W_Q8, K, N));
+    ck_assert_int_eq(kernel_pack_q8(w, K, 1, q), 0);
+    const float *scales = (const float *)(void *)(q + (size_t)K * N);
+    ck_assert(scales[N + 7] == 100.0f / 127.0f);
+    ck_assert(kernel_packed_get(KERNEL_W_Q8, q, K, (size_t)35 * N + 7) ==
+              127.0f * (100.0f / 127.0f));
+    for (int32_t g = 0; g < 2; g++) {
+        for (int32_t j = 0; j < N; j++) {
+            float amax = 0.0f;
+            int seen_127 = 0;
+            for (int32_t kk = g * 32; kk < K && kk < g * 32 + 32; kk++) {
+                size_t at = (size_t)kk * N + (size_t)j;
+                amax = fabsf(w[at]) > amax ? fabsf(w[at]) : amax;
+                int8_t v = ((const int8_t *)q)[at];
+                ck_assert(v != -128); /* symmetric: -127 .. 127 */
+                seen_127 |= v == 127 || v == -127;
+            }
+            ck_assert(scales[(size_t)g * N + (size_t)j] == amax / 127.0f);
+            ck_assert(j == 0 ? !seen_127 : seen_127);
+            for (int32_t kk = g * 32; kk < K && kk < g * 32 + 32; kk++) {
+                size_t at = (size_t)kk * N + (size_t)j;
+                float back = kernel_packed_get(KERNEL_W_Q8, q, K, at);
+                ck_assert_float_le(fabsf(back - w[at]), amax / 254.0f * 1.0001f);
+                if (j == 0) {
+                    ck_assert(back == 0.0f);
+                }
+            }
+        }
+    }
+    w[(size_t)3 * N + 9] = NAN;
+    ck_assert_int_eq(kernel_pack_q8(w, K, 1, q), -1);
+    w[(size_t)3 * N + 9] = INFINITY;
+    ck_assert_int_eq(kernel_pack_q8(w, K, 1, q), -1);
+    free(q);
+    free(w);
 }
 END_TEST
 
@@ -371,6 +444,7 @@ static Suite *kernels_suite(void) {
     tcase_set_timeout(kernels, 120);
     tcase_add_test(kernels, test_matmul_kernels_match_reference_bytes);
     tcase_add_test(kernels, test_swiglu_matmul_matches_reference);
+    tcase_add_test(kernels, test_q8_quantization);
     tcase_add_test(kernels, test_vector_helpers_match_scalar);
     tcase_add_test(kernels, test_half_conversions_match_reference);
     suite_add_tcase(s, kernels);

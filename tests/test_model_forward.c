@@ -89,10 +89,18 @@ END_TEST
  * the others' decode steps in the same forward calls. Every logit row must be bit-identical
  * to the same sequence run alone.
  */
-/* Loop index 0: float32 KV cache; 1: the f16 one (rounded K/V, same invariance). */
+/* Loop index 0: float32 KV cache; 1: the f16 one (rounded K/V, same invariance); 2: q8 weights
+ * (every row dequantizes the same weights the same way, so the same invariance). */
 START_TEST(test_ragged_batch_is_bit_identical_to_alone) {
     static const int32_t chunk_of[N_PROMPTS] = {1, 3, 64, 3, 1, 1, 64};
-    g_kv_dtype = _i == 0 ? KV_DTYPE_F32 : KV_DTYPE_F16;
+    g_kv_dtype = _i == 1 ? KV_DTYPE_F16 : KV_DTYPE_F32;
+    struct model *f32_model = g_model;
+    if (_i == 2) {
+        char load_err[512];
+        g_model = model_load_with(g_model_dir, MODEL_WEIGHTS_Q8, load_err, sizeof(load_err));
+        ck_assert_msg(g_model != NULL, "%s", load_err);
+        ck_assert_int_eq(model_get_weights(g_model), MODEL_WEIGHTS_Q8);
+    }
     size_t row_floats = (size_t)g_vocab;
     int32_t n_steps = g_n_greedy;
     float *alone[N_PROMPTS];
@@ -185,6 +193,10 @@ START_TEST(test_ragged_batch_is_bit_identical_to_alone) {
     model_scratch_destroy(scratch);
     kv_cache_destroy(kv);
     g_kv_dtype = KV_DTYPE_F32;
+    if (g_model != f32_model) {
+        model_destroy(g_model);
+        g_model = f32_model;
+    }
 }
 END_TEST
 
@@ -350,7 +362,7 @@ static Suite *model_forward_suite(void) {
     tcase_add_loop_test(golden, test_forward_last_logits_match_golden, 0, N_PROMPTS);
     tcase_add_test(golden, test_forward_all_positions_match_golden);
     tcase_add_loop_test(golden, test_greedy_tokens_match_golden, 0, N_PROMPTS);
-    tcase_add_loop_test(golden, test_ragged_batch_is_bit_identical_to_alone, 0, 2);
+    tcase_add_loop_test(golden, test_ragged_batch_is_bit_identical_to_alone, 0, 3);
     tcase_add_test(golden, test_f16_kv_cache_close_to_golden);
     tcase_add_test(golden, test_forked_sequence_matches_fresh_run);
     tcase_add_test(golden, test_forward_refuses_bad_batches);

@@ -440,8 +440,56 @@ START_TEST(test_weights_out_of_f16_range_or_mixed) {
     enum model_weights w;
     ck_assert_int_eq(model_weights_parse("bf16", &w), 0);
     ck_assert_int_eq(w, MODEL_WEIGHTS_BF16);
+    ck_assert_int_eq(model_weights_parse("q8", &w), 0);
+    ck_assert_int_eq(w, MODEL_WEIGHTS_Q8);
     ck_assert_int_eq(model_weights_parse("fp16", &w), -1);
     ck_assert_int_eq(model_weights_parse("", &w), -1);
+}
+END_TEST
+
+/* --weights q8 quantizes the matmul weights (and the tied head) at load, from float32 or 16-bit
+ * files: the logits stay near float32's, the weights take under 35 % of float32's bytes, and
+ * /v1/models' name for it is "q8". A NaN or an infinite weight cannot be quantized: refused,
+ * naming the tensor. */
+START_TEST(test_q8_weights_close_and_non_finite_refused) {
+    float *full = logits_of_dir(g_model_dir);
+    enum model_weights held;
+    float *q8 = logits_of_dir_with(g_model_dir, MODEL_WEIGHTS_Q8, &held);
+    ck_assert_int_eq(held, MODEL_WEIGHTS_Q8);
+    ck_assert_str_eq(model_weights_name(held), "q8");
+    float drift = max_abs_diff(q8, full, 3 * (size_t)g_vocab);
+    ck_assert_msg(drift > 0.0f && drift < 0.2f, "q8: logits moved by %g from float32",
+                  (double)drift);
+    char err[512] = "";
+    struct model *m32 = model_load_with(g_model_dir, MODEL_WEIGHTS_F32, err, sizeof(err));
+    struct model *m8 = model_load_with(g_model_dir, MODEL_WEIGHTS_Q8, err, sizeof(err));
+    ck_assert_msg(m32 != NULL && m8 != NULL, "%s", err);
+    ck_assert_uint_lt(model_weight_bytes(m8) * 100, model_weight_bytes(m32) * 35);
+    model_destroy(m32);
+    model_destroy(m8);
+
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/model.safetensors", g_model_dir);
+    struct tt_model bad;
+    ck_assert_int_eq(tt_read(path, &bad), 0);
+    const float non_finite[] = {NAN, INFINITY};
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < bad.n_tensors; i++) {
+            if (strstr(bad.tensors[i].name, "h.1.attn.c_proj.weight") != NULL) {
+                bad.tensors[i].values[3] = non_finite[v];
+            }
+        }
+        char dir[256];
+        tt_mkdtemp(dir, sizeof(dir));
+        write_dir(dir, &bad);
+        struct model *m = model_load_with(dir, MODEL_WEIGHTS_Q8, err, sizeof(err));
+        ck_assert_msg(m == NULL, "a non-finite weight was quantized");
+        ck_assert_msg(strstr(err, "h.1.attn.c_proj.weight") != NULL, "error '%s'", err);
+        tt_rmdir(dir);
+    }
+    tt_free(&bad);
+    free(q8);
+    free(full);
 }
 END_TEST
 
@@ -797,6 +845,7 @@ static Suite *model_loader_suite(void) {
     tcase_add_test(encodings, test_f16_and_bf16_match_f32_of_rounded_weights);
     tcase_add_test(encodings, test_narrowed_weights_equal_prerounded_file);
     tcase_add_test(encodings, test_weights_out_of_f16_range_or_mixed);
+    tcase_add_test(encodings, test_q8_weights_close_and_non_finite_refused);
     tcase_add_test(encodings, test_shards_and_name_variants_match_original);
     suite_add_tcase(s, encodings);
     TCase *load = tcase_create("load");

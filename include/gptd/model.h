@@ -58,16 +58,19 @@ struct model_config {
 struct model;
 
 /* How the matmul weights (four per layer and the lm_head) are held in memory. Decode at small
- * batches is bound by reading them, so 16-bit weights run up to twice as fast. */
+ * batches is bound by reading them, so 16-bit weights run up to twice as fast, 8-bit ones up to
+ * 3.5 times. */
 enum model_weights {
     MODEL_WEIGHTS_AUTO = 0, /* as stored: 16-bit when every matmul weight is F16 (or every one
                                BF16), else float32. Exact: the same logits as widening. */
     MODEL_WEIGHTS_F32 = 1,  /* float32 */
     MODEL_WEIGHTS_F16 = 2,  /* IEEE half; other dtypes are rounded (lossy, opt-in) */
     MODEL_WEIGHTS_BF16 = 3, /* bfloat16; other dtypes are rounded (lossy, opt-in) */
+    MODEL_WEIGHTS_Q8 = 4,   /* int8 in groups of 32 along K with a float32 scale each, quantized
+                               at load from any dtype (lossy, opt-in) */
 };
 
-/* "auto", "f32", "f16", "bf16". */
+/* "auto", "f32", "f16", "bf16", "q8". */
 const char *model_weights_name(enum model_weights weights);
 /* Parses one of those names; -1 when text is none of them. */
 int model_weights_parse(const char *text, enum model_weights *out);

@@ -79,6 +79,11 @@ struct chat;
  * template". Main thread, before server_set_engine. */
 void server_set_chat(struct server *s, const struct chat *chat);
 
+/* How the model is held, as /v1/models ("weights", "kv_cache_dtype") and /metrics
+ * (gptd_model_info) report it: model_weights_name and kv_dtype_name of what was loaded.
+ * Main thread, before server_set_engine. */
+void server_set_model_info(struct server *s, const char *weights, const char *kv_cache_dtype);
+
 /* SIGTERM: from now on /health says 503 "draining" and new requests get 503; in-flight
  * requests go on. Any thread. */
 void server_begin_drain(struct server *s);
@@ -104,7 +109,7 @@ struct server_options {
     char api_key_file[1024];
     char chat_template[1024]; /* --chat-template FILE; "" = the model's own */
     char log_level[16];
-    char weights[8];     /* auto, f32, f16, bf16 (model_weights_parse); default auto */
+    char weights[8];     /* auto, f32, f16, bf16, q8 (model_weights_parse); default auto */
     char kv_dtype[8];    /* f32, f16 (kv_dtype_parse) -> engine.kv_dtype; default f32 */
     int drain_timeout_s; /* default 30 */
     int n_model_threads; /* 0 = leave the model's default */

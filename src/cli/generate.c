@@ -31,7 +31,7 @@
 static const char generate_usage[] =
     "usage: gptd generate [-m MODEL_DIR] (-p TEXT | --prompt-ids 1,2,3) [-n N] [--ignore-eos]\n"
     "                     [--logprobs K] [--json] [--threads N] [--kv-cache-mb MB]\n"
-    "                     [--weights auto|f32|f16|bf16] [--kv-cache-dtype f32|f16]\n"
+    "                     [--weights auto|f32|f16|bf16|q8] [--kv-cache-dtype f32|f16]\n"
     "  greedy continuation of the prompt (N new tokens, default 16); --json prints\n"
     "  {prompt_ids, ids, text, finish_reason, logprobs}; --logprobs K adds the top K per step\n"
     "sampling (defaults: greedy, everything else off):\n"
@@ -238,7 +238,8 @@ static int parse_args(int argc, char **argv, struct gen_args *a) {
                 }
             } else if (strcmp(arg, "--weights") == 0) {
                 if (model_weights_parse(next, &a->weights) != 0) {
-                    return usage_error("--weights wants auto, f32, f16 or bf16, not '%s'", next);
+                    return usage_error("--weights wants auto, f32, f16, bf16 or q8, not '%s'",
+                                       next);
                 }
             } else {
                 if (parse_int(next, 1, 1 << 20, &a->kv_mb) != 0) {

@@ -112,7 +112,7 @@ int cmd_serve(int argc, char **argv) {
     log_set_level(level);
     enum model_weights weights;
     if (model_weights_parse(o.weights, &weights) != 0) {
-        fprintf(stderr, "gptd serve: --weights: expected auto, f32, f16 or bf16\n");
+        fprintf(stderr, "gptd serve: --weights: expected auto, f32, f16, bf16 or q8\n");
         server_options_finish(&o);
         return CLI_EXIT_USAGE;
     }
@@ -201,6 +201,8 @@ int cmd_serve(int argc, char **argv) {
         log_error("cannot start the engine thread");
         goto cleanup;
     }
+    server_set_model_info(srv, model_weights_name(model_get_weights(model)),
+                          kv_dtype_name(o.engine.kv_dtype));
     server_set_engine(srv, engine, tok, model_get_config(model));
     log_info("ready: model '%s' from %s on http://%s:%d", o.server.served_model_name, o.model_dir,
              o.server.host, server_port(srv));

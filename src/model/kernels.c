@@ -145,16 +145,58 @@ void kernel_matmul_ref(const float *x, size_t ldx, const float *w, const float *
     }
 }
 
-float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, size_t i) {
+float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, int32_t k_dim, size_t i) {
     switch (wt) {
     case KERNEL_W_F16:
         return half_f16_to_f32(((const uint16_t *)w_packed)[i]);
     case KERNEL_W_BF16:
         return half_bf16_to_f32(((const uint16_t *)w_packed)[i]);
+    case KERNEL_W_Q8: {
+        size_t panel = (size_t)k_dim * KERNEL_NR;
+        size_t p = i / panel;
+        size_t r = i % panel;
+        const char *base = (const char *)w_packed + p * kernel_panel_bytes(KERNEL_W_Q8, k_dim);
+        const float *scales = (const float *)(const void *)(base + panel);
+        size_t kk = r / KERNEL_NR;
+        size_t j = r % KERNEL_NR;
+        return (float)((const int8_t *)base)[r] * scales[kk / KERNEL_Q8_GROUP * KERNEL_NR + j];
+    }
     case KERNEL_W_F32:
         break;
     }
     return ((const float *)w_packed)[i];
+}
+
+int kernel_pack_q8(const float *packed, int32_t k, int32_t n_panels, void *dst) {
+    size_t panel = (size_t)k * KERNEL_NR;
+    for (int32_t p = 0; p < n_panels; p++) {
+        const float *w = packed + (size_t)p * panel;
+        char *base = (char *)dst + (size_t)p * kernel_panel_bytes(KERNEL_W_Q8, k);
+        int8_t *q = (int8_t *)base;
+        float *scales = (float *)(void *)(base + panel);
+        for (size_t g = 0; g < kernel_q8_n_groups(k); g++) {
+            int32_t k0 = (int32_t)g * KERNEL_Q8_GROUP;
+            int32_t k1 = k0 + KERNEL_Q8_GROUP < k ? k0 + KERNEL_Q8_GROUP : k;
+            for (int32_t j = 0; j < KERNEL_NR; j++) {
+                float amax = 0.0f;
+                for (int32_t kk = k0; kk < k1; kk++) {
+                    float v = w[(size_t)kk * KERNEL_NR + (size_t)j];
+                    if (!isfinite(v)) {
+                        return -1;
+                    }
+                    amax = fabsf(v) > amax ? fabsf(v) : amax;
+                }
+                float scale = amax / 127.0f;
+                scales[g * KERNEL_NR + (size_t)j] = scale;
+                for (int32_t kk = k0; kk < k1; kk++) {
+                    size_t at = (size_t)kk * KERNEL_NR + (size_t)j;
+                    float r = scale > 0.0f ? rintf(w[at] / scale) : 0.0f;
+                    q[at] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+                }
+            }
+        }
+    }
+    return 0;
 }
 
 /* Portable path: the reference arithmetic over the packed layout. */
@@ -174,8 +216,9 @@ static void matmul_scalar(const float *x, size_t ldx, const void *w_packed, enum
                     for (int32_t kk = 0; kk < k; kk++) {
                         size_t at = wp + (size_t)kk * KERNEL_NR + (size_t)j;
                         float xv = x[(size_t)i * ldx + kk];
-                        g = fmaf(xv, kernel_packed_get(wt, w_packed, at), g);
-                        u = fmaf(xv, kernel_packed_get(wt, w_packed, at + KERNEL_SWIGLU_HALF), u);
+                        g = fmaf(xv, kernel_packed_get(wt, w_packed, k, at), g);
+                        u = fmaf(xv, kernel_packed_get(wt, w_packed, k, at + KERNEL_SWIGLU_HALF),
+                                 u);
                     }
                     g += bias != NULL ? bias[(size_t)p * KERNEL_NR + (size_t)j] : 0.0f;
                     u += bias != NULL ? bias[(size_t)p * KERNEL_NR + KERNEL_SWIGLU_HALF + (size_t)j]
@@ -193,7 +236,7 @@ static void matmul_scalar(const float *x, size_t ldx, const void *w_packed, enum
             for (int32_t j = 0; j < n_cols; j++) {
                 float acc = 0.0f;
                 for (int32_t kk = 0; kk < k; kk++) {
-                    float wv = kernel_packed_get(wt, w_packed, wp + (size_t)kk * KERNEL_NR + j);
+                    float wv = kernel_packed_get(wt, w_packed, k, wp + (size_t)kk * KERNEL_NR + j);
                     acc = fmaf(x[(size_t)i * ldx + kk], wv, acc);
                 }
                 int32_t col = p * KERNEL_NR + j;
@@ -375,6 +418,8 @@ static T512 void matmul512(const float *x, size_t ldx, const void *w_packed, enu
         matmul512_wt(KERNEL_W_F32, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
                      epilogue);
         break;
+    case KERNEL_W_Q8:
+        break; /* kernel_matmul runs Q8 on the AVX2 kernels (every AVX-512 CPU has AVX2) */
     }
 }
 
@@ -569,12 +614,18 @@ INLINE T256 __m256 wload256(enum kernel_wtype wt, const void *wp, size_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+/* 8 Q8 weights at element i of wp, dequantized with the 8 scales at scale: (float)q * scale. */
+INLINE T256 __m256 q8load256(const void *wp, size_t i, const float *scale) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)((const int8_t *)wp + i));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_loadu_ps(scale));
+}
+
 /* The accumulation of one MR x 16 tile: acc[i] and acc[MR_256 + i] are row i's two vectors.
  * Kept out of line from the stores (one function per weight type): inlined into the tile, GCC
  * hoisted epilogue constants into ymm registers across the k loop and spilled two accumulators
  * to the stack, a store-forwarding chain every k (seen in objdump). */
 INLINE T256 void tile256_acc(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
-                             const void *wp, int32_t k, size_t off1, __m256 *acc) {
+                             const void *wp, const float *sp, int32_t k, size_t off1, __m256 *acc) {
     __m256 a0[MR_256], a1[MR_256];
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
@@ -583,8 +634,15 @@ INLINE T256 void tile256_acc(const int mr, enum kernel_wtype wt, const float *x,
     }
     for (int32_t kk = 0; kk < k; kk++) {
         size_t wk = (size_t)kk * KERNEL_NR;
-        __m256 w0 = wload256(wt, wp, wk);
-        __m256 w1 = wload256(wt, wp, wk + off1);
+        __m256 w0, w1;
+        if (wt == KERNEL_W_Q8) {
+            const float *sg = sp + (size_t)(kk / KERNEL_Q8_GROUP) * KERNEL_NR;
+            w0 = q8load256(wp, wk, sg);
+            w1 = q8load256(wp, wk + off1, sg + off1);
+        } else {
+            w0 = wload256(wt, wp, wk);
+            w1 = wload256(wt, wp, wk + off1);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_broadcast_ss(x + (size_t)i * ldx + kk);
@@ -601,32 +659,34 @@ INLINE T256 void tile256_acc(const int mr, enum kernel_wtype wt, const float *x,
 
 /* tile256_acc for 1..MR_256 rows, one out-of-line copy per weight type. */
 #define TILE256_ACC_FN(name, wt)                                                                   \
-    static T256 __attribute__((noinline)) void name(                                               \
-        int mr, const float *x, size_t ldx, const void *wp, int32_t k, size_t off1, __m256 *acc) { \
+    static T256 __attribute__((noinline)) void name(int mr, const float *x, size_t ldx,            \
+                                                    const void *wp, const float *sp, int32_t k,    \
+                                                    size_t off1, __m256 *acc) {                    \
         switch (mr) {                                                                              \
         case 6:                                                                                    \
-            tile256_acc(6, wt, x, ldx, wp, k, off1, acc);                                          \
+            tile256_acc(6, wt, x, ldx, wp, sp, k, off1, acc);                                      \
             break;                                                                                 \
         case 5:                                                                                    \
-            tile256_acc(5, wt, x, ldx, wp, k, off1, acc);                                          \
+            tile256_acc(5, wt, x, ldx, wp, sp, k, off1, acc);                                      \
             break;                                                                                 \
         case 4:                                                                                    \
-            tile256_acc(4, wt, x, ldx, wp, k, off1, acc);                                          \
+            tile256_acc(4, wt, x, ldx, wp, sp, k, off1, acc);                                      \
             break;                                                                                 \
         case 3:                                                                                    \
-            tile256_acc(3, wt, x, ldx, wp, k, off1, acc);                                          \
+            tile256_acc(3, wt, x, ldx, wp, sp, k, off1, acc);                                      \
             break;                                                                                 \
         case 2:                                                                                    \
-            tile256_acc(2, wt, x, ldx, wp, k, off1, acc);                                          \
+            tile256_acc(2, wt, x, ldx, wp, sp, k, off1, acc);                                      \
             break;                                                                                 \
         default:                                                                                   \
-            tile256_acc(1, wt, x, ldx, wp, k, off1, acc);                                          \
+            tile256_acc(1, wt, x, ldx, wp, sp, k, off1, acc);                                      \
             break;                                                                                 \
         }                                                                                          \
     }
 TILE256_ACC_FN(tile256_acc_f32, KERNEL_W_F32)
 TILE256_ACC_FN(tile256_acc_f16, KERNEL_W_F16)
 TILE256_ACC_FN(tile256_acc_bf16, KERNEL_W_BF16)
+TILE256_ACC_FN(tile256_acc_q8, KERNEL_W_Q8)
 #undef TILE256_ACC_FN
 
 /* One MR x 16 tile (a quarter of a panel; wp already offset to it, rows still 64 apart): two
@@ -635,16 +695,18 @@ TILE256_ACC_FN(tile256_acc_bf16, KERNEL_W_BF16)
  * SWIGLU the two are 8 gate columns and the same 8 up columns 32 further on, making 8 output
  * columns. */
 INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
-                         const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
-                         int32_t n_cols, enum kernel_epilogue epilogue) {
+                         const void *wp, const float *sp, int32_t k, const float *bias, float *out,
+                         size_t ldo, int32_t n_cols, enum kernel_epilogue epilogue) {
     __m256 acc[2 * MR_256];
     const size_t off1 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 8;
     if (wt == KERNEL_W_F32) {
-        tile256_acc_f32(mr, x, ldx, wp, k, off1, acc);
+        tile256_acc_f32(mr, x, ldx, wp, sp, k, off1, acc);
     } else if (wt == KERNEL_W_F16) {
-        tile256_acc_f16(mr, x, ldx, wp, k, off1, acc);
+        tile256_acc_f16(mr, x, ldx, wp, sp, k, off1, acc);
+    } else if (wt == KERNEL_W_Q8) {
+        tile256_acc_q8(mr, x, ldx, wp, sp, k, off1, acc);
     } else {
-        tile256_acc_bf16(mr, x, ldx, wp, k, off1, acc);
+        tile256_acc_bf16(mr, x, ldx, wp, sp, k, off1, acc);
     }
     const __m256 *a0 = acc;
     const __m256 *a1 = acc + MR_256;
@@ -705,8 +767,8 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
  * making 32 output columns): the decode-at-batch-1 case, bound by streaming the weights, where
  * reading each panel front to back once beats four strided passes. The same one accumulator per
  * output element, in the same k order, as the tiles. */
-INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, int32_t k,
-                        const float *bias, float *out, int32_t n_cols,
+INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, const float *sp,
+                        int32_t k, const float *bias, float *out, int32_t n_cols,
                         enum kernel_epilogue epilogue) {
     __m256 a[8];
 #pragma GCC unroll 8
@@ -716,9 +778,12 @@ INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, in
     for (int32_t kk = 0; kk < k; kk++) {
         size_t wk = (size_t)kk * KERNEL_NR;
         __m256 xv = _mm256_broadcast_ss(x + kk);
+        const float *sg = sp + (wt == KERNEL_W_Q8 ? (size_t)(kk / KERNEL_Q8_GROUP) * KERNEL_NR : 0);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            a[j] = _mm256_fmadd_ps(xv, wload256(wt, wp, wk + 8 * (size_t)j), a[j]);
+            __m256 w = wt == KERNEL_W_Q8 ? q8load256(wp, wk + 8 * (size_t)j, sg + 8 * j)
+                                         : wload256(wt, wp, wk + 8 * (size_t)j);
+            a[j] = _mm256_fmadd_ps(xv, w, a[j]);
         }
     }
     float buf[KERNEL_NR];
@@ -759,7 +824,8 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                               const void *w_packed, const float *bias, float *out, size_t ldo,
                               int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                               enum kernel_epilogue epilogue) {
-    size_t w_size = wt == KERNEL_W_F32 ? sizeof(float) : sizeof(uint16_t);
+    size_t w_size = kernel_wtype_size(wt);
+    size_t panel_bytes = kernel_panel_bytes(wt, k);
     /* A panel is walked in four quarters of 16 columns (SWIGLU: 8 gate + 8 up columns, making 8
      * output columns each). */
     int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
@@ -768,11 +834,13 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
     if (m == 1) {
         for (int32_t p = p_begin; p < p_end; p++) {
             int32_t c0 = p * width;
-            const void *wp = (const char *)w_packed + (size_t)p * (size_t)k * KERNEL_NR * w_size;
+            const char *wp = (const char *)w_packed + (size_t)p * panel_bytes;
+            /* Q8: the panel's scales follow its values. */
+            const float *sp = (const float *)(const void *)(wp + (size_t)k * KERNEL_NR * w_size);
             const float *b = bias == NULL ? NULL
                              : is_swiglu  ? bias + (size_t)p * KERNEL_NR
                                           : bias + c0;
-            row256(wt, x, wp, k, b, out + c0, n - c0 < width ? n - c0 : width, epilogue);
+            row256(wt, x, wp, sp, k, b, out + c0, n - c0 < width ? n - c0 : width, epilogue);
         }
         return;
     }
@@ -782,8 +850,10 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
             if (c0 >= n) {
                 break;
             }
-            const void *wp = (const char *)w_packed +
-                             ((size_t)p * (size_t)k * KERNEL_NR + (size_t)q * step) * w_size;
+            const char *panel = (const char *)w_packed + (size_t)p * panel_bytes;
+            const void *wp = panel + (size_t)q * step * w_size;
+            const float *sp =
+                (const float *)(const void *)(panel + (size_t)k * KERNEL_NR * w_size) + q * step;
             int32_t n_cols = n - c0 < step ? n - c0 : step;
             const float *b = bias == NULL ? NULL
                              : is_swiglu  ? bias + (size_t)p * KERNEL_NR + (size_t)q * step
@@ -793,22 +863,22 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                 float *oi = out + (size_t)i * ldo + c0;
                 switch (m - i >= MR_256 ? MR_256 : m - i) {
                 case 6:
-                    tile256(6, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(6, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 5:
-                    tile256(5, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(5, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 4:
-                    tile256(4, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(4, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 3:
-                    tile256(3, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(3, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 2:
-                    tile256(2, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(2, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 default:
-                    tile256(1, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(1, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 }
             }
@@ -831,6 +901,10 @@ static T256 void matmul256(const float *x, size_t ldx, const void *w_packed, enu
         break;
     case KERNEL_W_F32:
         matmul256_wt(KERNEL_W_F32, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
+                     epilogue);
+        break;
+    case KERNEL_W_Q8:
+        matmul256_wt(KERNEL_W_Q8, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
                      epilogue);
         break;
     }
@@ -1049,11 +1123,12 @@ void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *
                    int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                    enum kernel_epilogue epilogue) {
 #if HAVE_X86
-    if (isa == KERNEL_ISA_AVX512) {
+    if (isa == KERNEL_ISA_AVX512 && wt != KERNEL_W_Q8) {
         matmul512(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
         return;
     }
-    if (isa == KERNEL_ISA_AVX2) {
+    /* Q8 has AVX2 kernels only so far; every AVX-512 CPU runs them. */
+    if (isa == KERNEL_ISA_AVX2 || isa == KERNEL_ISA_AVX512) {
         matmul256(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
         return;
     }

@@ -31,15 +31,27 @@ enum kernel_isa {
 };
 
 /* How packed weights are stored. 16-bit weights are widened to float32 in registers (exact),
- * so the arithmetic, and every byte of the result, is that of their float32 values. */
+ * so the arithmetic, and every byte of the result, is that of their float32 values. 8-bit
+ * weights are dequantized in registers the same way: the weight the arithmetic uses is
+ * (float)q * scale, one float32 product, so the kernels stay byte-equal to the reference on
+ * the dequantized values. */
 enum kernel_wtype {
     KERNEL_W_F32 = 0,
     KERNEL_W_F16 = 1,  /* IEEE 754 binary16 */
     KERNEL_W_BF16 = 2, /* bfloat16: the top half of a float32 */
+    KERNEL_W_Q8 = 3,   /* int8, symmetric, one float32 scale per KERNEL_Q8_GROUP k of a column */
 };
 
+/* Bytes of one element (Q8: of its int8 value; the scales come on top, kernel_panel_bytes). */
 static inline size_t kernel_wtype_size(enum kernel_wtype wt) {
-    return wt == KERNEL_W_F32 ? 4 : 2;
+    return wt == KERNEL_W_F32 ? 4 : (wt == KERNEL_W_Q8 ? 1 : 2);
+}
+
+/* Q8 groups: KERNEL_Q8_GROUP consecutive k of one column share a scale (amax / 127). A Q8
+ * panel is its (K, NR) int8 values, then its (ceil(K / GROUP), NR) float32 scales. */
+#define KERNEL_Q8_GROUP 32
+static inline size_t kernel_q8_n_groups(int32_t k) {
+    return (size_t)(k + KERNEL_Q8_GROUP - 1) / KERNEL_Q8_GROUP;
 }
 
 enum kernel_epilogue {
@@ -65,11 +77,26 @@ static inline int32_t kernel_n_panels(int32_t n) {
 static inline size_t kernel_packed_floats(int32_t k, int32_t n) {
     return (size_t)kernel_n_panels(n) * (size_t)k * KERNEL_NR;
 }
-/* Where W[k][n] lives in the packed layout. */
+/* Where W[k][n] lives in the packed layout (its element index). */
 static inline size_t kernel_packed_index(int32_t k_dim, int32_t k, int32_t n) {
     return ((size_t)(n / KERNEL_NR) * (size_t)k_dim + (size_t)k) * KERNEL_NR +
            (size_t)(n % KERNEL_NR);
 }
+/* Bytes of one packed panel of K rows (a multiple of 64: panels stay 64-byte aligned). */
+static inline size_t kernel_panel_bytes(enum kernel_wtype wt, int32_t k) {
+    if (wt == KERNEL_W_Q8) {
+        return (size_t)k * KERNEL_NR + kernel_q8_n_groups(k) * KERNEL_NR * sizeof(float);
+    }
+    return (size_t)k * KERNEL_NR * kernel_wtype_size(wt);
+}
+/* Bytes of a packed (K, N) weight. */
+static inline size_t kernel_packed_bytes(enum kernel_wtype wt, int32_t k, int32_t n) {
+    return (size_t)kernel_n_panels(n) * kernel_panel_bytes(wt, k);
+}
+/* Quantizes float32 weights in the packed layout (n_panels panels of K rows) to Q8 at dst
+ * (kernel_packed_bytes): per group and column, scale = amax / 127 and q = round(w / scale).
+ * Returns -1 (dst undefined) when a weight is NaN or infinite. */
+int kernel_pack_q8(const float *packed, int32_t k, int32_t n_panels, void *dst);
 
 /*
  * SWIGLU packing: gate (K, F) and up (K, F) share panels, so one pass over a panel computes both
@@ -103,8 +130,9 @@ void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *
                    int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                    enum kernel_epilogue epilogue);
 
-/* Element i of a packed weight of type wt, as float32 (exact). */
-float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, size_t i);
+/* Element i (kernel_packed_index) of a packed weight of type wt with k_dim rows, as float32:
+ * exact for F32/F16/BF16, the dequantized (float)q * scale for Q8. */
+float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, int32_t k_dim, size_t i);
 
 /* The reference: W row-major (K, N), unpacked; same arithmetic as kernel_matmul, written
  * naively. GELU uses kernel_gelu_tanh_ref and SWIGLU kernel_silu_ref, so only STORE and ADD

@@ -177,10 +177,58 @@ static void put_packed(const struct st_tensor *t, size_t i, enum kernel_wtype wt
     ((uint16_t *)dst)[j] = h;
 }
 
+static bool is_packed(enum spec_layout layout);
+
+/* Bytes of a spec in memory: packed ones in wt's panels, the others float32. */
+static size_t spec_bytes(const struct spec *s, enum kernel_wtype wt) {
+    if (!is_packed(s->layout)) {
+        return s->n_elements * sizeof(float);
+    }
+    if (wt == KERNEL_W_Q8) {
+        return s->n_elements / ((size_t)s->k * KERNEL_NR) * kernel_panel_bytes(wt, s->k);
+    }
+    return s->n_elements * kernel_wtype_size(wt);
+}
+
+static int convert_spec(const struct spec *s, enum kernel_wtype wt, void *dst, char *err,
+                        size_t err_size);
+
+/* Packs one spec as float32 into a temporary, then quantizes it panel by panel. A NaN or an
+ * infinity has no scale: refused, naming the tensor. */
+static int convert_spec_q8(const struct spec *s, void *dst, char *err, size_t err_size) {
+    for (int32_t i = 0; i < s->n_parts; i++) {
+        const struct st_tensor *t = s->part[i].tensor;
+        for (size_t e = 0; e < t->n_elements; e++) {
+            if (!isfinite(st_tensor_get(t, e))) {
+                snprintf(err, err_size,
+                         "%s: tensor '%s' has a NaN or infinite weight; it cannot be quantized",
+                         s->part[i].file, t->name);
+                return -1;
+            }
+        }
+    }
+    float *tmp = malloc(s->n_elements * sizeof(float));
+    if (tmp == NULL) {
+        snprintf(err, err_size, "out of memory quantizing %s", s->part[0].tensor->name);
+        return -1;
+    }
+    int rc = convert_spec(s, KERNEL_W_F32, tmp, err, err_size);
+    if (rc == 0 && kernel_pack_q8(tmp, s->k, (int32_t)(s->n_elements / ((size_t)s->k * KERNEL_NR)),
+                                  dst) != 0) {
+        snprintf(err, err_size, "%s: a weight is not finite", s->part[0].tensor->name);
+        rc = -1;
+    }
+    free(tmp);
+    return rc;
+}
+
 /* Copies (and packs) one spec. Fails only when narrowing to F16 would turn a weight into an
- * infinity, naming the tensor. */
+ * infinity, or a weight to quantize is not finite, naming the tensor. */
 static int convert_spec(const struct spec *s, enum kernel_wtype wt, void *dst, char *err,
                         size_t err_size) {
+    if (wt == KERNEL_W_Q8 && is_packed(s->layout)) {
+        return convert_spec_q8(s, dst, err, err_size);
+    }
     if (s->layout == SPEC_PLAIN || s->layout == SPEC_PLAIN_SWIGLU) {
         float *out = dst;
         memset(out, 0, s->n_elements * sizeof(float));
@@ -252,6 +300,8 @@ static enum kernel_wtype choose_wtype(const struct spec_list *list, enum model_w
         return KERNEL_W_F16;
     case MODEL_WEIGHTS_BF16:
         return KERNEL_W_BF16;
+    case MODEL_WEIGHTS_Q8:
+        return KERNEL_W_Q8;
     case MODEL_WEIGHTS_AUTO:
         break;
     }
@@ -354,6 +404,8 @@ const char *model_weights_name(enum model_weights weights) {
         return "f16";
     case MODEL_WEIGHTS_BF16:
         return "bf16";
+    case MODEL_WEIGHTS_Q8:
+        return "q8";
     case MODEL_WEIGHTS_AUTO:
         break;
     }
@@ -362,7 +414,8 @@ const char *model_weights_name(enum model_weights weights) {
 
 int model_weights_parse(const char *text, enum model_weights *out) {
     static const enum model_weights all[] = {MODEL_WEIGHTS_AUTO, MODEL_WEIGHTS_F32,
-                                             MODEL_WEIGHTS_F16, MODEL_WEIGHTS_BF16};
+                                             MODEL_WEIGHTS_F16, MODEL_WEIGHTS_BF16,
+                                             MODEL_WEIGHTS_Q8};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         if (strcmp(text, model_weights_name(all[i])) == 0) {
             *out = all[i];
@@ -474,9 +527,8 @@ struct model *model_load_with(const char *dir, enum model_weights weights, char 
     size_t total = 0;
     for (int32_t j = 0; j < list.n; j++) {
         struct spec *s = &list.specs[j];
-        size_t size = is_packed(s->layout) ? kernel_wtype_size(model->wtype) : sizeof(float);
         s->offset = total;
-        total += (s->n_elements * size + 63) / 64 * 64;
+        total += (spec_bytes(s, model->wtype) + 63) / 64 * 64;
     }
     model->weight_bytes = total;
     model->weights = mem_alloc_large(total); /* huge pages: every step streams all of it */

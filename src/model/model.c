@@ -157,6 +157,8 @@ enum model_weights model_get_weights(const struct model *model) {
         return MODEL_WEIGHTS_F16;
     case KERNEL_W_BF16:
         return MODEL_WEIGHTS_BF16;
+    case KERNEL_W_Q8:
+        return MODEL_WEIGHTS_Q8;
     case KERNEL_W_F32:
         break;
     }

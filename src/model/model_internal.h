@@ -167,8 +167,9 @@ void fwd_attention(struct fwd *f, int32_t qkv_width);
 /* The token embedding of tok, column e: from wte, or from the packed head when tied. */
 static inline float model_embedding(const struct model *m, int32_t tok, int32_t e) {
     int32_t c = m->config.n_embd;
-    return m->wte != NULL ? m->wte[(size_t)tok * c + e]
-                          : kernel_packed_get(m->wtype, m->lm_head, kernel_packed_index(c, e, tok));
+    return m->wte != NULL
+               ? m->wte[(size_t)tok * c + e]
+               : kernel_packed_get(m->wtype, m->lm_head, c, kernel_packed_index(c, e, tok));
 }
 
 /* ---- architectures ------------------------------------------------------------------- */

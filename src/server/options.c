@@ -95,8 +95,8 @@ static const struct opt opts[] = {
      "seconds in-flight requests get to finish on SIGTERM (default 30)"},
     {"log-level", 0, STR(log_level), "error, warn, info or debug (default info)"},
     {"weights", 0, STR(weights),
-     "matmul weights in memory: auto (as stored, exact), f32, or f16/bf16 (rounded: half the "
-     "memory, faster decode; default auto)"},
+     "matmul weights in memory: auto (as stored, exact), f32, f16/bf16 (rounded: half the "
+     "memory, faster decode) or q8 (int8 in groups of 32: a quarter; default auto)"},
     {"kv-cache-mb", 0, NUM(OPT_MIB, engine.kv_cache_bytes, 1, 1 << 20),
      "KV cache budget in MiB (default 256)"},
     {"prefix-cache", 0, NUM(OPT_BOOL, engine.prefix_cache, 0, 1),

@@ -368,7 +368,11 @@ static enum MHD_Result handle_models(struct conn *x) {
     sbuf_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"gptd\",\"root\":",
                 (long long)s->t_created_s);
     sbuf_json_cstr(&b, s->cfg.served_model_name);
-    sbuf_printf(&b, ",\"parent\":null,\"max_model_len\":%d}]}", s->model.n_ctx);
+    sbuf_printf(&b, ",\"parent\":null,\"max_model_len\":%d,\"weights\":", s->model.n_ctx);
+    sbuf_json_cstr(&b, s->weights_name[0] != '\0' ? s->weights_name : "f32");
+    sbuf_puts(&b, ",\"kv_cache_dtype\":");
+    sbuf_json_cstr(&b, s->kv_dtype_name[0] != '\0' ? s->kv_dtype_name : "f32");
+    sbuf_puts(&b, "}]}");
     enum MHD_Result rc = conn_respond_json(x, 200, &b);
     sbuf_finish(&b);
     return rc;
@@ -870,6 +874,11 @@ void server_set_engine(struct server *s, struct engine *engine, struct tokenizer
 
 void server_set_chat(struct server *s, const struct chat *chat) {
     s->chat = chat;
+}
+
+void server_set_model_info(struct server *s, const char *weights, const char *kv_cache_dtype) {
+    snprintf(s->weights_name, sizeof(s->weights_name), "%s", weights);
+    snprintf(s->kv_dtype_name, sizeof(s->kv_dtype_name), "%s", kv_cache_dtype);
 }
 
 void server_begin_drain(struct server *s) {

@@ -139,6 +139,8 @@ req GET /livez ""
 req GET /v1/models ""
 [ "$(jq -r '.data[0].id + " " + (.data[0].max_model_len|tostring)' <"$tmp/body")" = "gpt2-tiny-random 512" ] &&
     ok || bad "models: $(cat "$tmp/body")"
+jq -e '.data[0].weights == "f32" and .data[0].kv_cache_dtype == "f32"' <"$tmp/body" >/dev/null &&
+    ok || bad "models weights: $(cat "$tmp/body")"
 
 # ---- greedy: non-streamed == streamed (== gptd generate) ------------------------------------
 req POST /v1/completions '{"prompt":"Hello, world","max_tokens":12,"temperature":0}'
@@ -360,9 +362,14 @@ cancelled1=$(metric gptd_requests_cancelled_total)
 [ "${cancelled1:-0}" -ge $((${cancelled0:-0} + 2)) ] 2>/dev/null && ok || bad "cancelled_total $cancelled0 -> $cancelled1"
 healthy "disconnects"
 
-# ---- auth and CORS (A01-A08) ----------------------------------------------------------------
-start auth --api-key sk-test-KEY --cors-origins http://localhost:5173
+# ---- auth and CORS (A01-A08); this server holds q8 weights and an f16 KV cache ----------------
+start auth --api-key sk-test-KEY --cors-origins http://localhost:5173 --weights q8 --kv-cache-dtype f16
 auth_pid=$PID
+req GET /v1/models "" -H 'Authorization: Bearer sk-test-KEY'
+jq -e '.data[0].weights == "q8" and .data[0].kv_cache_dtype == "f16"' <"$tmp/body" >/dev/null &&
+    ok || bad "models q8: $(cat "$tmp/body")"
+curl -s -H 'Authorization: Bearer sk-test-KEY' "http://127.0.0.1:$PORT/metrics" |
+    grep -qx 'gptd_model_info{weights="q8",kv_cache_dtype="f16"} 1' && ok || bad "gptd_model_info q8"
 body='{"prompt":"Hi","max_tokens":2}'
 req POST /v1/completions "$body"
 expect_error "A01 no key" 401 invalid_api_key null
