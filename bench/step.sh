@@ -10,7 +10,8 @@
 # 2 x C requests (at least 4), and the engine's per-phase step timers
 # (gptd_engine_phase_seconds_total) are read from /metrics before and after. Writes
 # OUT_DIR/step.txt (one line per run, with the ratio of HTTP to model tok/s) and
-# OUT_DIR/step-<weights>-c<C>.json.
+# OUT_DIR/step-<weights>-c<C>.json. GPTD_STEP_WEIGHTS / GPTD_STEP_STREAMS narrow the runs
+# (e.g. "q8", "1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench-results}
@@ -40,12 +41,12 @@ echo "uptime: $(uptime)" >"$out/step.txt"
 echo "weights streams model_private_tok_s model_shared_tok_s http_tok_s http/private http/shared" \
     "ttft_p50_ms ttft_p99_ms itl_p50_ms itl_p99_ms duration_s schedule_s forward_s sample_s" \
     "output_s finish_s" >>"$out/step.txt"
-for w in f32 f16 q8; do
+for w in ${GPTD_STEP_WEIGHTS:-f32 f16 q8}; do
     bench_serve "$out/step-serve" -m "$model" --kv-cache-mb 1024 --weights "$w"
     url="http://127.0.0.1:$bench_port"
     build/bench/gptd-bench --url "$url" --concurrency 4 --requests 8 --max-tokens 16 \
         --ignore-eos --quiet >/dev/null || true
-    for c in 1 16 32; do
+    for c in ${GPTD_STEP_STREAMS:-1 16 32}; do
         curl -s "$url/metrics" >"$out/step-metrics-0"
         build/bench/gptd-bench --url "$url" --concurrency "$c" --requests $((c > 2 ? 2 * c : 4)) \
             --prompt-tokens 32 --max-tokens 128 --ignore-eos --quiet \
