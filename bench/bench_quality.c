@@ -26,28 +26,9 @@
 #include <gptd/tokenizer.h>
 #include <gptd/util.h>
 
-enum { N_CONT = 32, MAX_CONT_WINDOWS = 16, N_TYPES = 3 };
+#include "bench_util.h"
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf != NULL && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf != NULL) {
-        buf[n] = '\0';
-        *len = (size_t)n;
-    }
-    return buf;
-}
+enum { N_CONT = 32, MAX_CONT_WINDOWS = 16, N_TYPES = 3 };
 
 /* Appends the ids of text (and eos when >= 0) to *ids. */
 static void append_text(struct tokenizer *tok, const char *text, size_t len, int32_t eos,
@@ -137,7 +118,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     size_t len = 0;
-    char *text = read_file(argv[2], &len);
+    char *text = bench_read_file(argv[2], &len);
     if (text == NULL) {
         fprintf(stderr, "bench_quality: cannot read %s\n", argv[2]);
         return 1;

@@ -18,26 +18,7 @@
 #include <gptd/template.h>
 #include <gptd/util.h>
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf != NULL && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf != NULL) {
-        buf[n] = '\0';
-        *len = (size_t)n;
-    }
-    return buf;
-}
+#include "bench_util.h"
 
 /* A case's variables: extra + messages + add_generation_prompt (new reference). */
 static struct template_value *case_vars(const struct template_value *c) {
@@ -99,9 +80,9 @@ int main(int argc, char **argv) {
         char path[2048];
         size_t src_len = 0, cases_len = 0;
         snprintf(path, sizeof(path), "%s/%s/template.jinja", root, e->d_name);
-        char *src = read_file(path, &src_len);
+        char *src = bench_read_file(path, &src_len);
         snprintf(path, sizeof(path), "%s/%s/visible.json", root, e->d_name);
-        char *json = read_file(path, &cases_len);
+        char *json = bench_read_file(path, &cases_len);
         if (src == NULL || json == NULL) {
             free(src);
             free(json);

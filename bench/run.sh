@@ -31,12 +31,9 @@ done
 [ -f build/build.ninja ] || meson setup build >/dev/null
 ninja -C build >/dev/null
 
-if [ ! -f "$model/model.safetensors" ]; then
-    log "writing the 124M-shaped random model to $model"
-    build/tools/make-random-gpt2 "$model" >/dev/null
-fi
-# The server loads a tokenizer from the model directory: GPT-2's, from the committed tiny model.
-[ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
+# The 124M-shaped random model (written once) with GPT-2's tokenizer from the committed tiny model.
+. bench/serve_lib.sh
+bench_gpt2_model
 
 {
     echo "# Machine"

@@ -1,10 +1,21 @@
-# serve_lib.sh: starts `gptd serve` for the bench scripts (sourced by bench/chat.sh and
-# bench/turns.sh).
+# serve_lib.sh: starts `gptd serve` for the bench scripts (sourced by bench/chat.sh,
+# bench/turns.sh and bench/step.sh).
 #
+#   bench_gpt2_model                 makes sure build/gpt2-124m-random exists (the 124M-shaped
+#                                    random GPT-2, fixed seed, with GPT-2's tokenizer) and sets
+#                                    model to it
 #   bench_serve LOG_PREFIX ARGS...   starts build/gptd serve ARGS... --port 0 --access-log false,
 #                                    waits for "ready", sets bench_pid and bench_port; the
 #                                    server's output goes to LOG_PREFIX.out / LOG_PREFIX.err
 #   bench_stop                       ends that server
+bench_gpt2_model() {
+    model=build/gpt2-124m-random
+    if [ ! -f "$model/model.safetensors" ]; then
+        build/tools/make-random-gpt2 "$model" >/dev/null
+    fi
+    [ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
+}
+
 bench_serve() {
     local log="$1"
     shift

@@ -15,13 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench-results}
-model=build/gpt2-124m-random
 mkdir -p "$out"
-if [ ! -f "$model/model.safetensors" ]; then
-    build/tools/make-random-gpt2 "$model" >/dev/null
-fi
-[ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
 . bench/serve_lib.sh
+bench_gpt2_model
 
 # Sum of each phase's seconds in a /metrics text: "schedule forward sample output finish".
 phases() {

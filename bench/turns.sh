@@ -12,15 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-build/bench-results}
-model=build/gpt2-124m-random
 mkdir -p "$out"
-if [ ! -f "$model/model.safetensors" ]; then
-    build/tools/make-random-gpt2 "$model" >/dev/null
-fi
-[ -f "$model/tokenizer.json" ] || cp tests/data/gpt2-tiny-random/tokenizer.json "$model/"
+. bench/serve_lib.sh
+bench_gpt2_model
 template=tests/data/chat/chatml_smollm2/template.jinja
 requests=${GPTD_TURNS_REQUESTS:-15}
-. bench/serve_lib.sh
 for mode in on off; do
     bench_serve "$out/turns-serve" -m "$model" --kv-cache-mb 1024 --chat-template "$template" \
         --prefix-cache "$mode"
