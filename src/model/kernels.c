@@ -763,13 +763,11 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
     }
 }
 
-/* One row across a whole panel (64 columns, 8 accumulators; SWIGLU: 32 gate and 32 up columns,
- * making 32 output columns): the decode-at-batch-1 case, bound by streaming the weights, where
- * reading each panel front to back once beats four strided passes. The same one accumulator per
- * output element, in the same k order, as the tiles. */
-INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, const float *sp,
-                        int32_t k, const float *bias, float *out, int32_t n_cols,
-                        enum kernel_epilogue epilogue) {
+/* The accumulation of row256: a[j] holds columns 8j .. 8j + 7 of the panel. Out of line (one
+ * copy per weight type) for the reason tile256_acc is: inlined beside the stores, GCC kept all
+ * eight accumulators on the stack (seen in objdump). */
+INLINE T256 void row256_acc(enum kernel_wtype wt, const float *x, const void *wp, const float *sp,
+                            int32_t k, __m256 *acc) {
     __m256 a[8];
 #pragma GCC unroll 8
     for (int j = 0; j < 8; j++) {
@@ -785,6 +783,40 @@ INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, co
                                          : wload256(wt, wp, wk + 8 * (size_t)j);
             a[j] = _mm256_fmadd_ps(xv, w, a[j]);
         }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        acc[j] = a[j];
+    }
+}
+
+#define ROW256_ACC_FN(name, wt)                                                                    \
+    static T256 __attribute__((noinline)) void name(const float *x, const void *wp,                \
+                                                    const float *sp, int32_t k, __m256 *acc) {     \
+        row256_acc(wt, x, wp, sp, k, acc);                                                         \
+    }
+ROW256_ACC_FN(row256_acc_f32, KERNEL_W_F32)
+ROW256_ACC_FN(row256_acc_f16, KERNEL_W_F16)
+ROW256_ACC_FN(row256_acc_bf16, KERNEL_W_BF16)
+ROW256_ACC_FN(row256_acc_q8, KERNEL_W_Q8)
+#undef ROW256_ACC_FN
+
+/* One row across a whole panel (64 columns, 8 accumulators; SWIGLU: 32 gate and 32 up columns,
+ * making 32 output columns): the decode-at-batch-1 case, bound by streaming the weights, where
+ * reading each panel front to back once beats four strided passes. The same one accumulator per
+ * output element, in the same k order, as the tiles. */
+INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, const float *sp,
+                        int32_t k, const float *bias, float *out, int32_t n_cols,
+                        enum kernel_epilogue epilogue) {
+    __m256 a[8];
+    if (wt == KERNEL_W_F32) {
+        row256_acc_f32(x, wp, sp, k, a);
+    } else if (wt == KERNEL_W_F16) {
+        row256_acc_f16(x, wp, sp, k, a);
+    } else if (wt == KERNEL_W_Q8) {
+        row256_acc_q8(x, wp, sp, k, a);
+    } else {
+        row256_acc_bf16(x, wp, sp, k, a);
     }
     float buf[KERNEL_NR];
     if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
