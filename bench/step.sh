@@ -48,22 +48,18 @@ for w in ${GPTD_STEP_WEIGHTS:-f32 f16 q8}; do
             --prompt-tokens 32 --max-tokens 128 --ignore-eos --quiet \
             --json "$out/step-$w-c$c.json" >/dev/null || true
         curl -s "$url/metrics" >"$out/step-metrics-1"
-        read -r s0 f0 a0 o0 e0 <<<"$(phases "$out/step-metrics-0")"
-        read -r s1 f1 a1 o1 e1 <<<"$(phases "$out/step-metrics-1")"
         # The model alone runs while the server idles (its engine thread sleeps).
         private=$(model_tps "$w" "$c" --private-kv)
         shared=$(model_tps "$w" "$c" "")
         jq -r '[.output_throughput, .ttft_p50_ms, .ttft_p99_ms, .itl_p50_ms, .itl_p99_ms, .duration_s] | @tsv' \
             "$out/step-$w-c$c.json" | tr '\t' ' ' | awk -v w="$w" -v c="$c" -v p="$private" \
-            -v sh="$shared" \
-            -v ds="$(awk -v a="$s0" -v b="$s1" 'BEGIN{print b-a}')" \
-            -v df="$(awk -v a="$f0" -v b="$f1" 'BEGIN{print b-a}')" \
-            -v da="$(awk -v a="$a0" -v b="$a1" 'BEGIN{print b-a}')" \
-            -v do_="$(awk -v a="$o0" -v b="$o1" 'BEGIN{print b-a}')" \
-            -v de="$(awk -v a="$e0" -v b="$e1" 'BEGIN{print b-a}')" \
-            '{ printf "%s %d %.1f %.1f %.1f %.2f %.2f %.0f %.0f %.1f %.1f %.1f %.3f %.2f %.2f %.2f %.3f\n",
+            -v sh="$shared" -v before="$(phases "$out/step-metrics-0")" \
+            -v after="$(phases "$out/step-metrics-1")" \
+            '{ split(before, t0, " "); split(after, t1, " ")
+               printf "%s %d %.1f %.1f %.1f %.2f %.2f %.0f %.0f %.1f %.1f %.1f %.3f %.2f %.2f %.2f %.3f\n",
                    w, c, p, sh, $1, (p > 0 ? $1 / p : 0), (sh > 0 ? $1 / sh : 0), $2, $3, $4, $5, $6,
-                   ds, df, da, do_, de }' >>"$out/step.txt"
+                   t1[1] - t0[1], t1[2] - t0[2], t1[3] - t0[3], t1[4] - t0[4], t1[5] - t0[5] }' \
+            >>"$out/step.txt"
     done
     bench_stop
 done

@@ -43,8 +43,7 @@ enum MHD_Result prometheus_respond(struct conn *x) {
                     "# HELP gptd_model_info How the model is held in memory (matmul weights, "
                     "KV cache).\n# TYPE gptd_model_info gauge\n"
                     "gptd_model_info{weights=\"%s\",kv_cache_dtype=\"%s\"} 1\n",
-                    s->weights_name[0] != '\0' ? s->weights_name : "f32",
-                    s->kv_dtype_name[0] != '\0' ? s->kv_dtype_name : "f32");
+                    s->weights_name, s->kv_dtype_name);
         prom_metric(&b, "gptd_requests_waiting", "gauge", "Requests waiting in the queue.",
                     (double)m.n_waiting);
         prom_metric(&b, "gptd_requests_running", "gauge", "Sequences running.",

@@ -369,9 +369,9 @@ static enum MHD_Result handle_models(struct conn *x) {
                 (long long)s->t_created_s);
     sbuf_json_cstr(&b, s->cfg.served_model_name);
     sbuf_printf(&b, ",\"parent\":null,\"max_model_len\":%d,\"weights\":", s->model.n_ctx);
-    sbuf_json_cstr(&b, s->weights_name[0] != '\0' ? s->weights_name : "f32");
+    sbuf_json_cstr(&b, s->weights_name);
     sbuf_puts(&b, ",\"kv_cache_dtype\":");
-    sbuf_json_cstr(&b, s->kv_dtype_name[0] != '\0' ? s->kv_dtype_name : "f32");
+    sbuf_json_cstr(&b, s->kv_dtype_name);
     sbuf_puts(&b, "}]}");
     enum MHD_Result rc = conn_respond_json(x, 200, &b);
     sbuf_finish(&b);
@@ -788,6 +788,7 @@ struct server *server_create(const struct server_config *cfg, char *err, size_t 
     }
     s->cfg = *cfg;
     s->t_created_s = time_wall_s();
+    server_set_model_info(s, "f32", "f32"); /* until the caller says otherwise */
     snprintf(s->fingerprint, sizeof(s->fingerprint), "fp_gptd_%s", GPTD_VERSION);
     server_request_limits_init_default(&s->limits);
     pthread_mutex_init(&s->reg_mu, NULL);

@@ -65,8 +65,8 @@ struct server {
     struct tokenizer *tok;     /* borrowed */
     const struct chat *chat;   /* borrowed: the chat template (server_set_chat), or NULL */
     struct model_config model; /* copy */
-    char weights_name[8];      /* server_set_model_info: "f32", "f16", "bf16", "q8" */
-    char kv_dtype_name[8];     /* "f32", "f16" */
+    char weights_name[8];      /* server_set_model_info (default "f32"): "f16", "bf16", "q8" */
+    char kv_dtype_name[8];     /* "f32" (default), "f16" */
     struct request_limits limits;
     atomic_bool ready;
 
