@@ -57,7 +57,7 @@ expect_exit() { # name, code, args...
 expect_exit no-prompt 2 -m "$model"
 # Without -m the bundled model (models/kjv-small, its own 4096-token vocabulary) runs.
 bundled=${GPTD_SOURCE_DIR:-$(dirname "$0")/..}/models/kjv-small
-if "$gptd" generate -p " And God" -n 2 --json >"$tmp/d.json" 2>"$tmp/err" &&
+if "$gptd" generate -p " And God" -n 2 --ignore-eos --json >"$tmp/d.json" 2>"$tmp/err" &&
     [ "$(jq -c '.prompt_ids' "$tmp/d.json")" = "$("$gptd" tokenize -m "$bundled" --json <(printf ' And God') 2>/dev/null | jq -c .)" ] &&
     [ "$(jq '.prompt_ids | length' "$tmp/d.json")" = "2" ] &&
     [ "$(jq '.ids | length' "$tmp/d.json")" = "2" ]; then
