@@ -172,6 +172,7 @@ static int sgemm_rows_invariant(int m, int k, int n) {
 
 struct kernel_job {
     const float *x;
+    const void *x_q; /* Q8: x quantized, as the model does once per matmul (timed with it) */
     const void *w;
     enum kernel_wtype wt;
     float *out;
@@ -183,6 +184,12 @@ static void kernel_task(void *ctx, int32_t i_task, int32_t i_thread) {
     (void)i_thread;
     struct kernel_job *j = ctx;
     int32_t p = kernel_n_panels(j->n);
+    if (j->wt == KERNEL_W_Q8) {
+        kernel_matmul_q8(j->isa, j->x_q, j->w, NULL, j->out, (size_t)j->n, j->m, j->k, j->n,
+                         p * i_task / j->n_tasks, p * (i_task + 1) / j->n_tasks,
+                         KERNEL_EPILOGUE_STORE);
+        return;
+    }
     kernel_matmul(j->isa, j->x, (size_t)j->k, j->w, j->wt, NULL, j->out, (size_t)j->n, j->m, j->k,
                   j->n, p * i_task / j->n_tasks, p * (i_task + 1) / j->n_tasks,
                   KERNEL_EPILOGUE_STORE);
@@ -196,27 +203,25 @@ static double measure_kernel(struct pool *pool, enum kernel_wtype wt, int m, int
     for (size_t i = 0; i < (size_t)m * k; i++) {
         x[i] = (float)(i % 7) * 0.1f;
     }
-    for (size_t i = 0; i < kernel_packed_floats(k, n); i++) {
-        if (wt == KERNEL_W_Q8) {
-            ((int8_t *)w)[i % (size_t)(k * KERNEL_NR) +
-                          i / (size_t)(k * KERNEL_NR) * kernel_panel_bytes(wt, k)] =
-                (int8_t)(i % 11);
-        } else if (wt == KERNEL_W_F32) {
+    void *x_q = NULL;
+    if (wt == KERNEL_W_Q8) { /* quantized from float32 weights, as the loader does */
+        float *f = aligned_alloc(64, kernel_packed_floats(k, n) * sizeof(float));
+        for (size_t i = 0; i < kernel_packed_floats(k, n); i++) {
+            f[i] = (float)(i % 11) * 0.01f;
+        }
+        kernel_pack_q8(f, k, kernel_n_panels(n), w);
+        free(f);
+        x_q = aligned_alloc(64, (size_t)m * kernel_q8_row_bytes(k));
+    }
+    for (size_t i = 0; wt != KERNEL_W_Q8 && i < kernel_packed_floats(k, n); i++) {
+        if (wt == KERNEL_W_F32) {
             ((float *)w)[i] = (float)(i % 11) * 0.01f;
         } else {
             ((uint16_t *)w)[i] =
                 (uint16_t)(0x3c00 + i % 11); /* small normal numbers in F16 and BF16 */
         }
     }
-    if (wt == KERNEL_W_Q8) { /* the scales after each panel's values */
-        for (int32_t p = 0; p < kernel_n_panels(n); p++) {
-            float *sc = (float *)(void *)((char *)w + (size_t)p * kernel_panel_bytes(wt, k) +
-                                          (size_t)k * KERNEL_NR);
-            for (size_t i = 0; i < kernel_q8_n_groups(k) * KERNEL_NR; i++) {
-                sc[i] = 0.01f;
-            }
-        }
-    }
+    j.x_q = x_q;
     j.x = x;
     j.w = w;
     j.out = out;
@@ -227,6 +232,9 @@ static double measure_kernel(struct pool *pool, enum kernel_wtype wt, int m, int
     for (int trial = 0; trial < 3; trial++) {
         int64_t t0 = time_now_us();
         for (int r = 0; r < reps; r++) {
+            if (x_q != NULL) {
+                kernel_quantize_rows(j.isa, x, (size_t)k, m, k, x_q);
+            }
             pool_run(pool, kernel_task, &j, j.n_tasks);
         }
         double s = (double)(time_now_us() - t0) / 1e6;
@@ -234,6 +242,7 @@ static double measure_kernel(struct pool *pool, enum kernel_wtype wt, int m, int
         best = g > best ? g : best;
     }
     free(x);
+    free(x_q);
     free(w);
     free(out);
     return best;

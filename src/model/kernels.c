@@ -11,7 +11,9 @@
  *
  * Packed weights may be float32, IEEE half or bfloat16 (enum kernel_wtype). Half and bfloat16
  * are widened to float32 in registers right after the load (exact), so a 16-bit weight gives the
- * same bytes as its float32 value would, at half the memory traffic.
+ * same bytes as its float32 value would, at half the memory traffic. 8-bit weights go through
+ * kernel_matmul_q8 (AVX2 and portable C) with activations quantized per row: integer sums per
+ * group of 32 k, then one float32 accumulator per element as above.
  */
 #include "kernels.h"
 
@@ -38,8 +40,9 @@ static int has_f16c(void) {
 
 /* Row tile heights: registers hold the accumulators (AVX-512: 6 x 4 zmm = 24 of 32; AVX2: 6 x 2
  * ymm = 12 of 16). */
-#define MR_512 6
-#define MR_256 6
+#define MR_512    6
+#define MR_256    6
+#define MR_Q8_256 4
 
 const char *kernel_isa_name(enum kernel_isa isa) {
     switch (isa) {
@@ -145,6 +148,27 @@ void kernel_matmul_ref(const float *x, size_t ldx, const float *w, const float *
     }
 }
 
+/* Byte offset of W[kk][j] inside a Q8 panel (kernels.h: groups of 8 quads, then scales). */
+static size_t q8_offset(int32_t kk, int32_t j) {
+    size_t g = (size_t)kk / KERNEL_Q8_GROUP;
+    size_t t = (size_t)(kk % KERNEL_Q8_GROUP) / 4;
+    return g * KERNEL_Q8_GROUP_BYTES + (t * KERNEL_NR + (size_t)j) * 4 + (size_t)(kk % 4);
+}
+
+/* The scales of group g of a Q8 panel. */
+static const float *q8_scales(const char *panel, size_t g) {
+    return (const float *)(const void *)(panel + g * KERNEL_Q8_GROUP_BYTES +
+                                         KERNEL_Q8_GROUP * KERNEL_NR);
+}
+
+void kernel_q8_weight_at(const void *w_packed, int32_t k_dim, int32_t kk, int32_t n, int8_t *q,
+                         float *scale) {
+    const char *panel =
+        (const char *)w_packed + (size_t)(n / KERNEL_NR) * kernel_panel_bytes(KERNEL_W_Q8, k_dim);
+    *q = (int8_t)panel[q8_offset(kk, n % KERNEL_NR)];
+    *scale = q8_scales(panel, (size_t)kk / KERNEL_Q8_GROUP)[n % KERNEL_NR];
+}
+
 float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, int32_t k_dim, size_t i) {
     switch (wt) {
     case KERNEL_W_F16:
@@ -153,13 +177,12 @@ float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, int32_t k_di
         return half_bf16_to_f32(((const uint16_t *)w_packed)[i]);
     case KERNEL_W_Q8: {
         size_t panel = (size_t)k_dim * KERNEL_NR;
-        size_t p = i / panel;
-        size_t r = i % panel;
-        const char *base = (const char *)w_packed + p * kernel_panel_bytes(KERNEL_W_Q8, k_dim);
-        const float *scales = (const float *)(const void *)(base + panel);
-        size_t kk = r / KERNEL_NR;
-        size_t j = r % KERNEL_NR;
-        return (float)((const int8_t *)base)[r] * scales[kk / KERNEL_Q8_GROUP * KERNEL_NR + j];
+        int32_t kk = (int32_t)(i % panel / KERNEL_NR);
+        int32_t n = (int32_t)(i / panel * KERNEL_NR + i % KERNEL_NR);
+        int8_t q;
+        float scale;
+        kernel_q8_weight_at(w_packed, k_dim, kk, n, &q, &scale);
+        return (float)q * scale;
     }
     case KERNEL_W_F32:
         break;
@@ -167,36 +190,150 @@ float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, int32_t k_di
     return ((const float *)w_packed)[i];
 }
 
+/* One group of n values at stride apart: scale = amax / 127 and q = round(v / scale) clamped
+ * to -127 .. 127 (fminf/fmaxf, so a NaN becomes 127). Shared by weights and activations. */
+static float quantize_group(const float *v, size_t stride, int32_t n, int8_t *q, size_t q_stride) {
+    float amax = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        float a = fabsf(v[(size_t)i * stride]);
+        amax = a > amax ? a : amax;
+    }
+    float scale = amax / 127.0f;
+    for (int32_t i = 0; i < n; i++) {
+        float r = scale > 0.0f ? rintf(v[(size_t)i * stride] / scale) : 0.0f;
+        q[(size_t)i * q_stride] = (int8_t)fmaxf(fminf(r, 127.0f), -127.0f);
+    }
+    return scale;
+}
+
 int kernel_pack_q8(const float *packed, int32_t k, int32_t n_panels, void *dst) {
     size_t panel = (size_t)k * KERNEL_NR;
+    for (size_t i = 0; i < panel * (size_t)n_panels; i++) {
+        if (!isfinite(packed[i])) {
+            return -1;
+        }
+    }
+    size_t n_groups = kernel_q8_n_groups(k);
     for (int32_t p = 0; p < n_panels; p++) {
         const float *w = packed + (size_t)p * panel;
         char *base = (char *)dst + (size_t)p * kernel_panel_bytes(KERNEL_W_Q8, k);
-        int8_t *q = (int8_t *)base;
-        float *scales = (float *)(void *)(base + panel);
-        for (size_t g = 0; g < kernel_q8_n_groups(k); g++) {
+        memset(base, 0, kernel_panel_bytes(KERNEL_W_Q8, k));
+        for (size_t g = 0; g < n_groups; g++) {
             int32_t k0 = (int32_t)g * KERNEL_Q8_GROUP;
-            int32_t k1 = k0 + KERNEL_Q8_GROUP < k ? k0 + KERNEL_Q8_GROUP : k;
+            int32_t len = k - k0 < KERNEL_Q8_GROUP ? k - k0 : KERNEL_Q8_GROUP;
+            float *scales =
+                (float *)(void *)(base + g * KERNEL_Q8_GROUP_BYTES + KERNEL_Q8_GROUP * KERNEL_NR);
             for (int32_t j = 0; j < KERNEL_NR; j++) {
-                float amax = 0.0f;
-                for (int32_t kk = k0; kk < k1; kk++) {
-                    float v = w[(size_t)kk * KERNEL_NR + (size_t)j];
-                    if (!isfinite(v)) {
-                        return -1;
-                    }
-                    amax = fabsf(v) > amax ? fabsf(v) : amax;
-                }
-                float scale = amax / 127.0f;
-                scales[g * KERNEL_NR + (size_t)j] = scale;
-                for (int32_t kk = k0; kk < k1; kk++) {
-                    size_t at = (size_t)kk * KERNEL_NR + (size_t)j;
-                    float r = scale > 0.0f ? rintf(w[at] / scale) : 0.0f;
-                    q[at] = (int8_t)(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
+                int8_t q[KERNEL_Q8_GROUP];
+                scales[j] =
+                    quantize_group(w + (size_t)k0 * KERNEL_NR + (size_t)j, KERNEL_NR, len, q, 1);
+                for (int32_t i = 0; i < len; i++) {
+                    base[q8_offset(k0 + i, j)] = (char)q[i];
                 }
             }
         }
     }
     return 0;
+}
+
+static void quantize_rows_scalar(const float *x, size_t ldx, int32_t m, int32_t k, void *dst) {
+    size_t n_groups = kernel_q8_n_groups(k);
+    for (int32_t i = 0; i < m; i++) {
+        int8_t *q = (int8_t *)dst + (size_t)i * kernel_q8_row_bytes(k);
+        float *scales = (float *)(void *)(q + n_groups * KERNEL_Q8_GROUP);
+        memset(q, 0, kernel_q8_row_bytes(k)); /* the padding past K and past the scales too */
+        for (size_t g = 0; g < n_groups; g++) {
+            int32_t k0 = (int32_t)g * KERNEL_Q8_GROUP;
+            int32_t len = k - k0 < KERNEL_Q8_GROUP ? k - k0 : KERNEL_Q8_GROUP;
+            scales[g] = quantize_group(x + (size_t)i * ldx + (size_t)k0, 1, len, q + k0, 1);
+        }
+    }
+}
+
+/* One Q8 output element of the reference: over the groups, the exact integer sum of the
+ * group's products, then acc = fmaf(sum, x_scale * w_scale, acc). w_q / w_scale are read at
+ * column j of rows ld apart. */
+static float q8_dot_ref(const int8_t *xq, const float *xs, const int8_t *w_q, const float *w_scale,
+                        size_t ld, int32_t k, size_t j) {
+    float acc = 0.0f;
+    for (size_t g = 0; g < kernel_q8_n_groups(k); g++) {
+        int32_t sum = 0;
+        for (int32_t kk = (int32_t)g * KERNEL_Q8_GROUP;
+             kk < k && kk < (int32_t)(g + 1) * KERNEL_Q8_GROUP; kk++) {
+            sum += (int32_t)xq[kk] * (int32_t)w_q[(size_t)kk * ld + j];
+        }
+        acc = fmaf((float)sum, xs[g] * w_scale[g * ld + j], acc);
+    }
+    return acc;
+}
+
+void kernel_matmul_q8_ref(const void *x_q, const int8_t *w_q, const float *w_scale,
+                          const float *bias, float *out, size_t ldo, int32_t m, int32_t k,
+                          int32_t n, enum kernel_epilogue epilogue) {
+    size_t n_groups = kernel_q8_n_groups(k);
+    int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
+    size_t ld = (size_t)n * (is_swiglu ? 2 : 1);
+    for (int32_t i = 0; i < m; i++) {
+        const int8_t *xq = (const int8_t *)x_q + (size_t)i * kernel_q8_row_bytes(k);
+        const float *xs = (const float *)(const void *)(xq + n_groups * KERNEL_Q8_GROUP);
+        for (int32_t j = 0; j < n; j++) {
+            float acc = q8_dot_ref(xq, xs, w_q, w_scale, ld, k, (size_t)j);
+            float *dst = &out[(size_t)i * ldo + j];
+            if (is_swiglu) {
+                float u = q8_dot_ref(xq, xs, w_q, w_scale, ld, k, (size_t)(n + j));
+                float g = acc + (bias != NULL ? bias[j] : 0.0f);
+                u += bias != NULL ? bias[n + j] : 0.0f;
+                *dst = kernel_silu_ref(g) * u;
+            } else {
+                *dst = apply_epilogue_ref(acc, bias != NULL ? bias[j] : 0.0f, dst, epilogue);
+            }
+        }
+    }
+}
+
+/* Portable Q8 path: the reference arithmetic over the packed layout. */
+static float q8_dot_packed(const int8_t *xq, const float *xs, const char *panel, int32_t k,
+                           int32_t j) {
+    float acc = 0.0f;
+    for (size_t g = 0; g < kernel_q8_n_groups(k); g++) {
+        int32_t sum = 0;
+        for (int32_t kk = (int32_t)g * KERNEL_Q8_GROUP; kk < (int32_t)(g + 1) * KERNEL_Q8_GROUP;
+             kk++) { /* the padding past K is zero on both sides */
+            sum += (int32_t)xq[kk] * (int32_t)(int8_t)panel[q8_offset(kk, j)];
+        }
+        acc = fmaf((float)sum, xs[g] * q8_scales(panel, g)[j], acc);
+    }
+    return acc;
+}
+
+static void matmul_q8_scalar(const void *x_q, const void *w_packed, const float *bias, float *out,
+                             size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
+                             int32_t p_end, enum kernel_epilogue epilogue) {
+    size_t n_groups = kernel_q8_n_groups(k);
+    int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
+    int32_t width = is_swiglu ? KERNEL_SWIGLU_HALF : KERNEL_NR;
+    for (int32_t p = p_begin; p < p_end; p++) {
+        const char *panel = (const char *)w_packed + (size_t)p * kernel_panel_bytes(KERNEL_W_Q8, k);
+        int32_t c0 = p * width;
+        int32_t n_cols = n - c0 < width ? n - c0 : width;
+        const float *b = bias != NULL ? bias + (size_t)p * KERNEL_NR : NULL;
+        for (int32_t i = 0; i < m; i++) {
+            const int8_t *xq = (const int8_t *)x_q + (size_t)i * kernel_q8_row_bytes(k);
+            const float *xs = (const float *)(const void *)(xq + n_groups * KERNEL_Q8_GROUP);
+            for (int32_t j = 0; j < n_cols; j++) {
+                float acc = q8_dot_packed(xq, xs, panel, k, j);
+                float *dst = &out[(size_t)i * ldo + (size_t)(c0 + j)];
+                if (is_swiglu) {
+                    float u = q8_dot_packed(xq, xs, panel, k, j + KERNEL_SWIGLU_HALF);
+                    float g = acc + (b != NULL ? b[j] : 0.0f);
+                    u += b != NULL ? b[KERNEL_SWIGLU_HALF + j] : 0.0f;
+                    *dst = kernel_silu_ref(g) * u;
+                } else {
+                    *dst = apply_epilogue_ref(acc, b != NULL ? b[j] : 0.0f, dst, epilogue);
+                }
+            }
+        }
+    }
 }
 
 /* Portable path: the reference arithmetic over the packed layout. */
@@ -614,18 +751,12 @@ INLINE T256 __m256 wload256(enum kernel_wtype wt, const void *wp, size_t i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* 8 Q8 weights at element i of wp, dequantized with the 8 scales at scale: (float)q * scale. */
-INLINE T256 __m256 q8load256(const void *wp, size_t i, const float *scale) {
-    __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)((const int8_t *)wp + i));
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_loadu_ps(scale));
-}
-
 /* The accumulation of one MR x 16 tile: acc[i] and acc[MR_256 + i] are row i's two vectors.
  * Kept out of line from the stores (one function per weight type): inlined into the tile, GCC
  * hoisted epilogue constants into ymm registers across the k loop and spilled two accumulators
  * to the stack, a store-forwarding chain every k (seen in objdump). */
 INLINE T256 void tile256_acc(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
-                             const void *wp, const float *sp, int32_t k, size_t off1, __m256 *acc) {
+                             const void *wp, int32_t k, size_t off1, __m256 *acc) {
     __m256 a0[MR_256], a1[MR_256];
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
@@ -634,15 +765,8 @@ INLINE T256 void tile256_acc(const int mr, enum kernel_wtype wt, const float *x,
     }
     for (int32_t kk = 0; kk < k; kk++) {
         size_t wk = (size_t)kk * KERNEL_NR;
-        __m256 w0, w1;
-        if (wt == KERNEL_W_Q8) {
-            const float *sg = sp + (size_t)(kk / KERNEL_Q8_GROUP) * KERNEL_NR;
-            w0 = q8load256(wp, wk, sg);
-            w1 = q8load256(wp, wk + off1, sg + off1);
-        } else {
-            w0 = wload256(wt, wp, wk);
-            w1 = wload256(wt, wp, wk + off1);
-        }
+        __m256 w0 = wload256(wt, wp, wk);
+        __m256 w1 = wload256(wt, wp, wk + off1);
 #pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             __m256 xv = _mm256_broadcast_ss(x + (size_t)i * ldx + kk);
@@ -659,55 +783,116 @@ INLINE T256 void tile256_acc(const int mr, enum kernel_wtype wt, const float *x,
 
 /* tile256_acc for 1..MR_256 rows, one out-of-line copy per weight type. */
 #define TILE256_ACC_FN(name, wt)                                                                   \
-    static T256 __attribute__((noinline)) void name(int mr, const float *x, size_t ldx,            \
-                                                    const void *wp, const float *sp, int32_t k,    \
-                                                    size_t off1, __m256 *acc) {                    \
+    static T256 __attribute__((noinline)) void name(                                               \
+        int mr, const float *x, size_t ldx, const void *wp, int32_t k, size_t off1, __m256 *acc) { \
         switch (mr) {                                                                              \
         case 6:                                                                                    \
-            tile256_acc(6, wt, x, ldx, wp, sp, k, off1, acc);                                      \
+            tile256_acc(6, wt, x, ldx, wp, k, off1, acc);                                          \
             break;                                                                                 \
         case 5:                                                                                    \
-            tile256_acc(5, wt, x, ldx, wp, sp, k, off1, acc);                                      \
+            tile256_acc(5, wt, x, ldx, wp, k, off1, acc);                                          \
             break;                                                                                 \
         case 4:                                                                                    \
-            tile256_acc(4, wt, x, ldx, wp, sp, k, off1, acc);                                      \
+            tile256_acc(4, wt, x, ldx, wp, k, off1, acc);                                          \
             break;                                                                                 \
         case 3:                                                                                    \
-            tile256_acc(3, wt, x, ldx, wp, sp, k, off1, acc);                                      \
+            tile256_acc(3, wt, x, ldx, wp, k, off1, acc);                                          \
             break;                                                                                 \
         case 2:                                                                                    \
-            tile256_acc(2, wt, x, ldx, wp, sp, k, off1, acc);                                      \
+            tile256_acc(2, wt, x, ldx, wp, k, off1, acc);                                          \
             break;                                                                                 \
         default:                                                                                   \
-            tile256_acc(1, wt, x, ldx, wp, sp, k, off1, acc);                                      \
+            tile256_acc(1, wt, x, ldx, wp, k, off1, acc);                                          \
             break;                                                                                 \
         }                                                                                          \
     }
 TILE256_ACC_FN(tile256_acc_f32, KERNEL_W_F32)
 TILE256_ACC_FN(tile256_acc_f16, KERNEL_W_F16)
 TILE256_ACC_FN(tile256_acc_bf16, KERNEL_W_BF16)
-TILE256_ACC_FN(tile256_acc_q8, KERNEL_W_Q8)
 #undef TILE256_ACC_FN
 
-/* One MR x 16 tile (a quarter of a panel; wp already offset to it, rows still 64 apart): two
- * accumulators per row, so 6 rows use 12 of the 16 ymm registers and the two weight vectors and
- * the broadcast fit beside them (a wider tile spills accumulators to the stack every k). With
- * SWIGLU the two are 8 gate columns and the same 8 up columns 32 further on, making 8 output
- * columns. */
-INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
-                         const void *wp, const float *sp, int32_t k, const float *bias, float *out,
-                         size_t ldo, int32_t n_cols, enum kernel_epilogue epilogue) {
-    __m256 acc[2 * MR_256];
-    const size_t off1 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 8;
-    if (wt == KERNEL_W_F32) {
-        tile256_acc_f32(mr, x, ldx, wp, sp, k, off1, acc);
-    } else if (wt == KERNEL_W_F16) {
-        tile256_acc_f16(mr, x, ldx, wp, sp, k, off1, acc);
-    } else if (wt == KERNEL_W_Q8) {
-        tile256_acc_q8(mr, x, ldx, wp, sp, k, off1, acc);
-    } else {
-        tile256_acc_bf16(mr, x, ldx, wp, sp, k, off1, acc);
+/*
+ * The Q8 accumulation of one MR x 16 tile (acc as tile256_acc's; x_q rows ldq bytes apart, wp
+ * the panel offset by the tile's first column, off1 the second vector's column offset). Per
+ * group, each 32-bit lane of an int32 accumulator gathers one column's products four k at a
+ * time: vpmaddubsw multiplies |w| (unsigned) by x with w's sign moved onto it (vpsignb), so
+ * each 16-bit pair sum is at most 2 * 127 * 127 and never saturates, and vpmaddwd by ones adds
+ * the pairs to 32 bits: the exact integer sum. Then one fmadd per group, as the reference.
+ */
+INLINE T256 void tile256_q8_acc(const int mr, const char *x_q, size_t ldq, const char *wp,
+                                size_t n_groups, size_t off1, __m256 *acc) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    /* The float accumulators stay in acc (memory, touched once per group): the registers are
+     * for the integer sums, which change every 4 k. */
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++) {
+        acc[i] = _mm256_setzero_ps();
+        acc[MR_256 + i] = _mm256_setzero_ps();
     }
+    const float *xs = (const float *)(const void *)(x_q + n_groups * KERNEL_Q8_GROUP);
+    for (size_t g = 0; g < n_groups; g++) {
+        const char *gb = wp + g * KERNEL_Q8_GROUP_BYTES;
+        __m256i s0[MR_Q8_256], s1[MR_Q8_256];
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
+            s0[i] = _mm256_setzero_si256();
+            s1[i] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < KERNEL_Q8_GROUP / 4; t++) {
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(gb + t * 256));
+            __m256i w1 =
+                _mm256_loadu_si256((const __m256i *)(const void *)(gb + t * 256 + off1 * 4));
+            __m256i u0 = _mm256_abs_epi8(w0);
+            __m256i u1 = _mm256_abs_epi8(w1);
+#pragma GCC unroll 4
+            for (int i = 0; i < mr; i++) {
+                int32_t quad;
+                memcpy(&quad, x_q + (size_t)i * ldq + g * KERNEL_Q8_GROUP + (size_t)t * 4, 4);
+                __m256i xb = _mm256_set1_epi32(quad);
+                __m256i p0 = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(xb, w0));
+                __m256i p1 = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(xb, w1));
+                s0[i] = _mm256_add_epi32(s0[i], _mm256_madd_epi16(p0, ones));
+                s1[i] = _mm256_add_epi32(s1[i], _mm256_madd_epi16(p1, ones));
+            }
+        }
+        const float *ws = (const float *)(const void *)(gb + KERNEL_Q8_GROUP * KERNEL_NR);
+        __m256 ws0 = _mm256_loadu_ps(ws);
+        __m256 ws1 = _mm256_loadu_ps(ws + off1);
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
+            const float *xsi = (const float *)(const void *)((const char *)xs + (size_t)i * ldq);
+            __m256 xsv = _mm256_broadcast_ss(xsi + g);
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0[i]), _mm256_mul_ps(xsv, ws0), acc[i]);
+            acc[MR_256 + i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1[i]), _mm256_mul_ps(xsv, ws1),
+                                              acc[MR_256 + i]);
+        }
+    }
+}
+
+static T256 __attribute__((noinline)) void tile256_q8_acc_n(int mr, const char *x_q, size_t ldq,
+                                                            const char *wp, size_t n_groups,
+                                                            size_t off1, __m256 *acc) {
+    switch (mr) {
+    case 4:
+        tile256_q8_acc(4, x_q, ldq, wp, n_groups, off1, acc);
+        break;
+    case 3:
+        tile256_q8_acc(3, x_q, ldq, wp, n_groups, off1, acc);
+        break;
+    case 2:
+        tile256_q8_acc(2, x_q, ldq, wp, n_groups, off1, acc);
+        break;
+    default:
+        tile256_q8_acc(1, x_q, ldq, wp, n_groups, off1, acc);
+        break;
+    }
+}
+
+/* The epilogue of one MR x 16 tile (a quarter of a panel; with SWIGLU 8 gate and 8 up columns,
+ * making 8 output columns): acc as tile256_acc leaves it. */
+INLINE T256 void tile256_store(const int mr, const __m256 *acc, const float *bias, float *out,
+                               size_t ldo, int32_t n_cols, enum kernel_epilogue epilogue) {
     const __m256 *a0 = acc;
     const __m256 *a1 = acc + MR_256;
     if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
@@ -763,11 +948,30 @@ INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, siz
     }
 }
 
+/* One MR x 16 tile (a quarter of a panel; wp already offset to it, rows still 64 apart): two
+ * accumulators per row, so 6 rows use 12 of the 16 ymm registers and the two weight vectors and
+ * the broadcast fit beside them (a wider tile spills accumulators to the stack every k). With
+ * SWIGLU the two are 8 gate columns and the same 8 up columns 32 further on. */
+INLINE T256 void tile256(const int mr, enum kernel_wtype wt, const float *x, size_t ldx,
+                         const void *wp, int32_t k, const float *bias, float *out, size_t ldo,
+                         int32_t n_cols, enum kernel_epilogue epilogue) {
+    __m256 acc[2 * MR_256];
+    const size_t off1 = epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : 8;
+    if (wt == KERNEL_W_F32) {
+        tile256_acc_f32(mr, x, ldx, wp, k, off1, acc);
+    } else if (wt == KERNEL_W_F16) {
+        tile256_acc_f16(mr, x, ldx, wp, k, off1, acc);
+    } else {
+        tile256_acc_bf16(mr, x, ldx, wp, k, off1, acc);
+    }
+    tile256_store(mr, acc, bias, out, ldo, n_cols, epilogue);
+}
+
 /* The accumulation of row256: a[j] holds columns 8j .. 8j + 7 of the panel. Out of line (one
  * copy per weight type) for the reason tile256_acc is: inlined beside the stores, GCC kept all
  * eight accumulators on the stack (seen in objdump). */
-INLINE T256 void row256_acc(enum kernel_wtype wt, const float *x, const void *wp, const float *sp,
-                            int32_t k, __m256 *acc) {
+INLINE T256 void row256_acc(enum kernel_wtype wt, const float *x, const void *wp, int32_t k,
+                            __m256 *acc) {
     __m256 a[8];
 #pragma GCC unroll 8
     for (int j = 0; j < 8; j++) {
@@ -776,12 +980,9 @@ INLINE T256 void row256_acc(enum kernel_wtype wt, const float *x, const void *wp
     for (int32_t kk = 0; kk < k; kk++) {
         size_t wk = (size_t)kk * KERNEL_NR;
         __m256 xv = _mm256_broadcast_ss(x + kk);
-        const float *sg = sp + (wt == KERNEL_W_Q8 ? (size_t)(kk / KERNEL_Q8_GROUP) * KERNEL_NR : 0);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            __m256 w = wt == KERNEL_W_Q8 ? q8load256(wp, wk + 8 * (size_t)j, sg + 8 * j)
-                                         : wload256(wt, wp, wk + 8 * (size_t)j);
-            a[j] = _mm256_fmadd_ps(xv, w, a[j]);
+            a[j] = _mm256_fmadd_ps(xv, wload256(wt, wp, wk + 8 * (size_t)j), a[j]);
         }
     }
 #pragma GCC unroll 8
@@ -791,33 +992,64 @@ INLINE T256 void row256_acc(enum kernel_wtype wt, const float *x, const void *wp
 }
 
 #define ROW256_ACC_FN(name, wt)                                                                    \
-    static T256 __attribute__((noinline)) void name(const float *x, const void *wp,                \
-                                                    const float *sp, int32_t k, __m256 *acc) {     \
-        row256_acc(wt, x, wp, sp, k, acc);                                                         \
+    static T256 __attribute__((noinline)) void name(const float *x, const void *wp, int32_t k,     \
+                                                    __m256 *acc) {                                 \
+        row256_acc(wt, x, wp, k, acc);                                                             \
     }
 ROW256_ACC_FN(row256_acc_f32, KERNEL_W_F32)
 ROW256_ACC_FN(row256_acc_f16, KERNEL_W_F16)
 ROW256_ACC_FN(row256_acc_bf16, KERNEL_W_BF16)
-ROW256_ACC_FN(row256_acc_q8, KERNEL_W_Q8)
 #undef ROW256_ACC_FN
 
-/* One row across a whole panel (64 columns, 8 accumulators; SWIGLU: 32 gate and 32 up columns,
- * making 32 output columns): the decode-at-batch-1 case, bound by streaming the weights, where
- * reading each panel front to back once beats four strided passes. The same one accumulator per
- * output element, in the same k order, as the tiles. */
-INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, const float *sp,
-                        int32_t k, const float *bias, float *out, int32_t n_cols,
-                        enum kernel_epilogue epilogue) {
-    __m256 a[8];
-    if (wt == KERNEL_W_F32) {
-        row256_acc_f32(x, wp, sp, k, a);
-    } else if (wt == KERNEL_W_F16) {
-        row256_acc_f16(x, wp, sp, k, a);
-    } else if (wt == KERNEL_W_Q8) {
-        row256_acc_q8(x, wp, sp, k, a);
-    } else {
-        row256_acc_bf16(x, wp, sp, k, a);
+/* row256_acc for Q8: one quantized row across a whole panel, the integer sums of each group
+ * as tile256_q8_acc's, eight int32 accumulators. */
+static T256 __attribute__((noinline)) void row256_q8_acc(const char *x_q, const char *wp,
+                                                         size_t n_groups, __m256 *acc) {
+    __m256 f[8];
+    const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        f[j] = _mm256_setzero_ps();
     }
+    const float *xs = (const float *)(const void *)(x_q + n_groups * KERNEL_Q8_GROUP);
+    for (size_t g = 0; g < n_groups; g++) {
+        const char *gb = wp + g * KERNEL_Q8_GROUP_BYTES;
+        __m256i s[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            s[j] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < KERNEL_Q8_GROUP / 4; t++) {
+            int32_t quad;
+            memcpy(&quad, x_q + g * KERNEL_Q8_GROUP + (size_t)t * 4, 4);
+            __m256i xb = _mm256_set1_epi32(quad);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                __m256i w =
+                    _mm256_loadu_si256((const __m256i *)(const void *)(gb + t * 256 + j * 32));
+                __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xb, w));
+                s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones));
+            }
+        }
+        const float *ws = (const float *)(const void *)(gb + KERNEL_Q8_GROUP * KERNEL_NR);
+        __m256 xsv = _mm256_broadcast_ss(xs + g);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            f[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]),
+                                   _mm256_mul_ps(xsv, _mm256_loadu_ps(ws + 8 * j)), f[j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        acc[j] = f[j];
+    }
+}
+
+/* The epilogue of row256: a[j] holds columns 8j .. 8j + 7 of the panel (SWIGLU: a[0..3] gate,
+ * a[4..7] up, making 32 output columns). */
+INLINE T256 void row256_store(const __m256 *a, const float *bias, float *out, int32_t n_cols,
+                              enum kernel_epilogue epilogue) {
     float buf[KERNEL_NR];
     if (epilogue == KERNEL_EPILOGUE_SWIGLU) {
 #pragma GCC unroll 4
@@ -852,6 +1084,30 @@ INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, co
     memcpy(out, buf, (size_t)n_cols * sizeof(float));
 }
 
+/* One row across a whole panel (64 columns, 8 accumulators; SWIGLU: 32 gate and 32 up columns,
+ * making 32 output columns): the decode-at-batch-1 case, bound by streaming the weights, where
+ * reading each panel front to back once beats four strided passes. The same one accumulator per
+ * output element, in the same k order, as the tiles. */
+INLINE T256 void row256(enum kernel_wtype wt, const float *x, const void *wp, int32_t k,
+                        const float *bias, float *out, int32_t n_cols,
+                        enum kernel_epilogue epilogue) {
+    __m256 a[8];
+    if (wt == KERNEL_W_F32) {
+        row256_acc_f32(x, wp, k, a);
+    } else if (wt == KERNEL_W_F16) {
+        row256_acc_f16(x, wp, k, a);
+    } else {
+        row256_acc_bf16(x, wp, k, a);
+    }
+    row256_store(a, bias, out, n_cols, epilogue);
+}
+
+/* Where panel p's output columns start, and its bias (SWIGLU: a panel makes 32 output columns;
+ * its bias is the panel's 64 in packed order). */
+static inline int32_t panel_first_column(int32_t p, enum kernel_epilogue epilogue) {
+    return p * (epilogue == KERNEL_EPILOGUE_SWIGLU ? KERNEL_SWIGLU_HALF : KERNEL_NR);
+}
+
 INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                               const void *w_packed, const float *bias, float *out, size_t ldo,
                               int32_t m, int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
@@ -865,27 +1121,23 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
     int32_t width = is_swiglu ? KERNEL_SWIGLU_HALF : KERNEL_NR;
     if (m == 1) {
         for (int32_t p = p_begin; p < p_end; p++) {
-            int32_t c0 = p * width;
+            int32_t c0 = panel_first_column(p, epilogue);
             const char *wp = (const char *)w_packed + (size_t)p * panel_bytes;
-            /* Q8: the panel's scales follow its values. */
-            const float *sp = (const float *)(const void *)(wp + (size_t)k * KERNEL_NR * w_size);
             const float *b = bias == NULL ? NULL
                              : is_swiglu  ? bias + (size_t)p * KERNEL_NR
                                           : bias + c0;
-            row256(wt, x, wp, sp, k, b, out + c0, n - c0 < width ? n - c0 : width, epilogue);
+            row256(wt, x, wp, k, b, out + c0, n - c0 < width ? n - c0 : width, epilogue);
         }
         return;
     }
     for (int32_t p = p_begin; p < p_end; p++) {
         for (int32_t q = 0; q < 4; q++) {
-            int32_t c0 = p * width + q * step;
+            int32_t c0 = panel_first_column(p, epilogue) + q * step;
             if (c0 >= n) {
                 break;
             }
-            const char *panel = (const char *)w_packed + (size_t)p * panel_bytes;
-            const void *wp = panel + (size_t)q * step * w_size;
-            const float *sp =
-                (const float *)(const void *)(panel + (size_t)k * KERNEL_NR * w_size) + q * step;
+            const void *wp =
+                (const char *)w_packed + (size_t)p * panel_bytes + (size_t)q * step * w_size;
             int32_t n_cols = n - c0 < step ? n - c0 : step;
             const float *b = bias == NULL ? NULL
                              : is_swiglu  ? bias + (size_t)p * KERNEL_NR + (size_t)q * step
@@ -895,22 +1147,22 @@ INLINE T256 void matmul256_wt(enum kernel_wtype wt, const float *x, size_t ldx,
                 float *oi = out + (size_t)i * ldo + c0;
                 switch (m - i >= MR_256 ? MR_256 : m - i) {
                 case 6:
-                    tile256(6, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(6, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 5:
-                    tile256(5, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(5, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 4:
-                    tile256(4, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(4, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 3:
-                    tile256(3, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(3, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 case 2:
-                    tile256(2, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(2, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 default:
-                    tile256(1, wt, xi, ldx, wp, sp, k, b, oi, ldo, n_cols, epilogue);
+                    tile256(1, wt, xi, ldx, wp, k, b, oi, ldo, n_cols, epilogue);
                     break;
                 }
             }
@@ -936,9 +1188,123 @@ static T256 void matmul256(const float *x, size_t ldx, const void *w_packed, enu
                      epilogue);
         break;
     case KERNEL_W_Q8:
-        matmul256_wt(KERNEL_W_Q8, x, ldx, w_packed, bias, out, ldo, m, k, n, p_begin, p_end,
-                     epilogue);
-        break;
+        break; /* kernel_matmul_q8's */
+    }
+}
+
+/* kernel_matmul_q8 on AVX2: panels as matmul256_wt walks them, MR_Q8_256 rows per tile (with the
+ * int32 sums beside the float accumulators, taller tiles spill). */
+static T256 void matmul256_q8(const void *x_q, const void *w_packed, const float *bias, float *out,
+                              size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
+                              int32_t p_end, enum kernel_epilogue epilogue) {
+    size_t n_groups = kernel_q8_n_groups(k);
+    size_t panel_bytes = kernel_panel_bytes(KERNEL_W_Q8, k);
+    size_t ldq = kernel_q8_row_bytes(k);
+    int is_swiglu = epilogue == KERNEL_EPILOGUE_SWIGLU;
+    int32_t step = is_swiglu ? 8 : 16;
+    int32_t width = is_swiglu ? KERNEL_SWIGLU_HALF : KERNEL_NR;
+    const size_t off1 = is_swiglu ? KERNEL_SWIGLU_HALF : 8;
+    if (m == 1) {
+        for (int32_t p = p_begin; p < p_end; p++) {
+            int32_t c0 = panel_first_column(p, epilogue);
+            const float *b = bias == NULL ? NULL
+                             : is_swiglu  ? bias + (size_t)p * KERNEL_NR
+                                          : bias + c0;
+            __m256 a[8];
+            row256_q8_acc(x_q, (const char *)w_packed + (size_t)p * panel_bytes, n_groups, a);
+            row256_store(a, b, out + c0, n - c0 < width ? n - c0 : width, epilogue);
+        }
+        return;
+    }
+    for (int32_t p = p_begin; p < p_end; p++) {
+        for (int32_t q = 0; q < 4; q++) {
+            int32_t c0 = panel_first_column(p, epilogue) + q * step;
+            if (c0 >= n) {
+                break;
+            }
+            const char *wp =
+                (const char *)w_packed + (size_t)p * panel_bytes + (size_t)q * step * 4;
+            int32_t n_cols = n - c0 < step ? n - c0 : step;
+            const float *b = bias == NULL ? NULL
+                             : is_swiglu  ? bias + (size_t)p * KERNEL_NR + (size_t)q * step
+                                          : bias + c0;
+            for (int32_t i = 0; i < m; i += MR_Q8_256) {
+                int mr = m - i >= MR_Q8_256 ? MR_Q8_256 : m - i;
+                __m256 acc[2 * MR_256];
+                tile256_q8_acc_n(mr, (const char *)x_q + (size_t)i * ldq, ldq, wp, n_groups, off1,
+                                 acc);
+                float *oi = out + (size_t)i * ldo + c0;
+                switch (mr) {
+                case 4:
+                    tile256_store(4, acc, b, oi, ldo, n_cols, epilogue);
+                    break;
+                case 3:
+                    tile256_store(3, acc, b, oi, ldo, n_cols, epilogue);
+                    break;
+                case 2:
+                    tile256_store(2, acc, b, oi, ldo, n_cols, epilogue);
+                    break;
+                default:
+                    tile256_store(1, acc, b, oi, ldo, n_cols, epilogue);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/* kernel_quantize_rows on AVX2, byte-equal to quantize_group: the group's max |x| (max_ps keeps
+ * the running max when x is NaN, as the scalar compare does; max is exact in any order), the
+ * same division and round-to-nearest-even, and min_ps(r, 127) gives 127 for a NaN as fminf
+ * does. A partial last group goes through the scalar code. */
+static T256 void quantize_rows256(const float *x, size_t ldx, int32_t m, int32_t k, void *dst) {
+    size_t n_groups = kernel_q8_n_groups(k);
+    const __m256 sign_off = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int32_t i = 0; i < m; i++) {
+        int8_t *q = (int8_t *)dst + (size_t)i * kernel_q8_row_bytes(k);
+        float *scales = (float *)(void *)(q + n_groups * KERNEL_Q8_GROUP);
+        const float *xi = x + (size_t)i * ldx;
+        size_t used = n_groups * (KERNEL_Q8_GROUP + sizeof(float));
+        memset((char *)q + used, 0, kernel_q8_row_bytes(k) - used);
+        for (size_t g = 0; g < n_groups; g++) {
+            int32_t k0 = (int32_t)g * KERNEL_Q8_GROUP;
+            if (k - k0 < KERNEL_Q8_GROUP) {
+                memset(q + k0, 0, KERNEL_Q8_GROUP);
+                scales[g] = quantize_group(xi + k0, 1, k - k0, q + k0, 1);
+                continue;
+            }
+            __m256 v[4];
+            __m256 mx = _mm256_setzero_ps();
+            for (int j = 0; j < 4; j++) {
+                v[j] = _mm256_loadu_ps(xi + k0 + 8 * j);
+                mx = _mm256_max_ps(_mm256_and_ps(v[j], sign_off), mx);
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+            float scale = _mm_cvtss_f32(m4) / 127.0f;
+            scales[g] = scale;
+            if (!(scale > 0.0f)) {
+                memset(q + k0, 0, KERNEL_Q8_GROUP);
+                continue;
+            }
+            __m256 sv = _mm256_set1_ps(scale);
+            __m256i r[4];
+            for (int j = 0; j < 4; j++) {
+                __m256 t = _mm256_round_ps(_mm256_div_ps(v[j], sv),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                t = _mm256_max_ps(_mm256_min_ps(t, _mm256_set1_ps(127.0f)),
+                                  _mm256_set1_ps(-127.0f));
+                r[j] = _mm256_cvtps_epi32(t);
+            }
+            /* packs work within 128-bit lanes: 32 -> 16 -> 8 bits, then put the dwords back in
+             * order. */
+            __m256i h01 = _mm256_packs_epi32(r[0], r[1]);
+            __m256i h23 = _mm256_packs_epi32(r[2], r[3]);
+            __m256i b = _mm256_packs_epi16(h01, h23);
+            b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(void *)(q + k0), b);
+        }
     }
 }
 
@@ -1155,18 +1521,47 @@ void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *
                    int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                    enum kernel_epilogue epilogue) {
 #if HAVE_X86
-    if (isa == KERNEL_ISA_AVX512 && wt != KERNEL_W_Q8) {
+    if (wt == KERNEL_W_Q8) {
+        abort(); /* a caller bug: 8-bit weights multiply quantized rows (kernel_matmul_q8) */
+    }
+    if (isa == KERNEL_ISA_AVX512) {
         matmul512(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
         return;
     }
-    /* Q8 has AVX2 kernels only so far; every AVX-512 CPU runs them. */
-    if (isa == KERNEL_ISA_AVX2 || isa == KERNEL_ISA_AVX512) {
+    if (isa == KERNEL_ISA_AVX2) {
         matmul256(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
         return;
     }
 #endif
     (void)isa;
     matmul_scalar(x, ldx, w_packed, wt, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+}
+
+void kernel_quantize_rows(enum kernel_isa isa, const float *x, size_t ldx, int32_t m, int32_t k,
+                          void *dst) {
+#if HAVE_X86
+    if (isa == KERNEL_ISA_AVX2 || isa == KERNEL_ISA_AVX512) {
+        quantize_rows256(x, ldx, m, k, dst);
+        return;
+    }
+#endif
+    (void)isa;
+    quantize_rows_scalar(x, ldx, m, k, dst);
+}
+
+void kernel_matmul_q8(enum kernel_isa isa, const void *x_q, const void *w_packed, const float *bias,
+                      float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
+                      int32_t p_end, enum kernel_epilogue epilogue) {
+#if HAVE_X86
+    /* AVX2 kernels only so far (no AVX-512 VNNI machine to test one on); every AVX-512 CPU runs
+     * them. */
+    if (isa == KERNEL_ISA_AVX2 || isa == KERNEL_ISA_AVX512) {
+        matmul256_q8(x_q, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
+        return;
+    }
+#endif
+    (void)isa;
+    matmul_q8_scalar(x_q, w_packed, bias, out, ldo, m, k, n, p_begin, p_end, epilogue);
 }
 
 float kernel_dot(enum kernel_isa isa, const float *a, const float *b, int32_t n) {

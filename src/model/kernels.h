@@ -11,8 +11,10 @@
  * naively (fmaf in a loop) and the tests compare the fast kernels with it byte for byte.
  *
  * Weights are packed once at load into panels of KERNEL_NR columns: for panel p, the (K, NR)
- * block W[:, p*NR .. p*NR+NR) row-major, zero-padded past N. A panel is one contiguous stream,
- * which is what a bandwidth-bound decode step wants.
+ * block W[:, p*NR .. p*NR+NR) row-major, zero-padded past N (Q8 panels interleave k in fours,
+ * below). A panel is one contiguous stream, which is what a bandwidth-bound decode step wants.
+ * 8-bit weights follow the same rule with integer arithmetic inside each group of 32 k
+ * (kernel_matmul_q8).
  *
  * Any thread may call these; they touch only their arguments.
  */
@@ -32,9 +34,7 @@ enum kernel_isa {
 
 /* How packed weights are stored. 16-bit weights are widened to float32 in registers (exact),
  * so the arithmetic, and every byte of the result, is that of their float32 values. 8-bit
- * weights are dequantized in registers the same way: the weight the arithmetic uses is
- * (float)q * scale, one float32 product, so the kernels stay byte-equal to the reference on
- * the dequantized values. */
+ * weights are multiplied with 8-bit activations (kernel_matmul_q8, below). */
 enum kernel_wtype {
     KERNEL_W_F32 = 0,
     KERNEL_W_F16 = 1,  /* IEEE 754 binary16 */
@@ -47,11 +47,32 @@ static inline size_t kernel_wtype_size(enum kernel_wtype wt) {
     return wt == KERNEL_W_F32 ? 4 : (wt == KERNEL_W_Q8 ? 1 : 2);
 }
 
-/* Q8 groups: KERNEL_Q8_GROUP consecutive k of one column share a scale (amax / 127). A Q8
- * panel is its (K, NR) int8 values, then its (ceil(K / GROUP), NR) float32 scales. */
-#define KERNEL_Q8_GROUP 32
+/*
+ * Q8: KERNEL_Q8_GROUP consecutive k of one column share a float32 scale, amax / 127, and hold
+ * round(w / scale) in -127 .. 127 (never -128). K is padded with zeros to whole groups.
+ *
+ * A Q8 panel (64 columns) is its groups one after the other, each KERNEL_Q8_GROUP_BYTES: the
+ * group's 32 x 64 int8 values as 8 quads of 4 consecutive k -- quad t holds, for column j, the
+ * bytes of k = 4t .. 4t + 3 at (t * 64 + j) * 4 -- then the group's 64 float32 scales. Four
+ * consecutive k of a column in one 32-bit lane is what integer dot-product instructions read
+ * (vpmaddubsw / vpdpbusd), and one group's values and scales arrive in one stream.
+ */
+#define KERNEL_Q8_GROUP       32
+#define KERNEL_Q8_GROUP_BYTES (KERNEL_Q8_GROUP * KERNEL_NR + KERNEL_NR * (int)sizeof(float))
 static inline size_t kernel_q8_n_groups(int32_t k) {
     return (size_t)(k + KERNEL_Q8_GROUP - 1) / KERNEL_Q8_GROUP;
+}
+
+/*
+ * Q8 activations: a row of K floats quantized the same way along k (kernel_quantize_rows):
+ * per group of 32, scale = amax / 127 and q = round(x / scale), so each row depends only on
+ * itself and a batch stays bit-identical to its rows run alone. A quantized row is its
+ * n_groups * 32 int8 values (zero past K), then its n_groups float32 scales, padded to 64
+ * bytes: kernel_q8_row_bytes(K) apart.
+ */
+static inline size_t kernel_q8_row_bytes(int32_t k) {
+    size_t g = kernel_q8_n_groups(k);
+    return (g * KERNEL_Q8_GROUP + g * sizeof(float) + 63) / 64 * 64;
 }
 
 enum kernel_epilogue {
@@ -85,7 +106,7 @@ static inline size_t kernel_packed_index(int32_t k_dim, int32_t k, int32_t n) {
 /* Bytes of one packed panel of K rows (a multiple of 64: panels stay 64-byte aligned). */
 static inline size_t kernel_panel_bytes(enum kernel_wtype wt, int32_t k) {
     if (wt == KERNEL_W_Q8) {
-        return (size_t)k * KERNEL_NR + kernel_q8_n_groups(k) * KERNEL_NR * sizeof(float);
+        return kernel_q8_n_groups(k) * KERNEL_Q8_GROUP_BYTES;
     }
     return (size_t)k * KERNEL_NR * kernel_wtype_size(wt);
 }
@@ -97,6 +118,14 @@ static inline size_t kernel_packed_bytes(enum kernel_wtype wt, int32_t k, int32_
  * (kernel_packed_bytes): per group and column, scale = amax / 127 and q = round(w / scale).
  * Returns -1 (dst undefined) when a weight is NaN or infinite. */
 int kernel_pack_q8(const float *packed, int32_t k, int32_t n_panels, void *dst);
+/* W[kk][n] of a Q8 weight with k_dim rows: its int8 value and its group's scale. */
+void kernel_q8_weight_at(const void *w_packed, int32_t k_dim, int32_t kk, int32_t n, int8_t *q,
+                         float *scale);
+/* Quantizes m rows of x (ldx floats apart, k used) to Q8 activation rows at dst
+ * (kernel_q8_row_bytes(k) apart). A NaN gives +127 and an infinity a NaN-producing scale:
+ * defined bytes, garbage that stays garbage, never undefined behaviour. */
+void kernel_quantize_rows(enum kernel_isa isa, const float *x, size_t ldx, int32_t m, int32_t k,
+                          void *dst);
 
 /*
  * SWIGLU packing: gate (K, F) and up (K, F) share panels, so one pass over a panel computes both
@@ -121,7 +150,8 @@ static inline int32_t kernel_matmul_n_panels(int32_t n, enum kernel_epilogue epi
 /*
  * out (M, N) [epilogue] x (M, K) @ W (K, N) + bias (N,), for output columns of panels
  * [p_begin, p_end) only (callers split panels across threads; kernel_matmul_n_panels). w_packed
- * holds elements of type wt and is 64-byte aligned; bias may be NULL (zero). Rows of x and out
+ * holds elements of type wt (F32, F16 or BF16: Q8 goes through kernel_matmul_q8) and is
+ * 64-byte aligned; bias may be NULL (zero). Rows of x and out
  * are ldx / ldo floats apart. With KERNEL_EPILOGUE_SWIGLU, W and bias are SWIGLU-packed and N
  * is the output width.
  */
@@ -129,6 +159,24 @@ void kernel_matmul(enum kernel_isa isa, const float *x, size_t ldx, const void *
                    enum kernel_wtype wt, const float *bias, float *out, size_t ldo, int32_t m,
                    int32_t k, int32_t n, int32_t p_begin, int32_t p_end,
                    enum kernel_epilogue epilogue);
+
+/*
+ * The 8-bit matmul: out (M, N) [epilogue] x_q (M, K) @ W_q (K, N) + bias, with x_q quantized
+ * rows (kernel_quantize_rows) and W of type KERNEL_W_Q8; arguments otherwise as kernel_matmul.
+ * Each output element is one float32 accumulator over the groups g in order:
+ *     acc = fmaf((float)isum_g, xscale_g * wscale_g, acc),
+ * isum_g the exact int32 sum of the group's 32 int8 products; then the epilogue. Every ISA
+ * gives these bytes (kernel_matmul_q8_ref is the same arithmetic written naively).
+ */
+void kernel_matmul_q8(enum kernel_isa isa, const void *x_q, const void *w_packed, const float *bias,
+                      float *out, size_t ldo, int32_t m, int32_t k, int32_t n, int32_t p_begin,
+                      int32_t p_end, enum kernel_epilogue epilogue);
+/* The reference of kernel_matmul_q8: x_q as there; W unpacked, w_q (K, N) row-major int8 and
+ * w_scale (n_groups, N) (SWIGLU: (K, 2N) and (n_groups, 2N), gate then up, as
+ * kernel_matmul_ref). */
+void kernel_matmul_q8_ref(const void *x_q, const int8_t *w_q, const float *w_scale,
+                          const float *bias, float *out, size_t ldo, int32_t m, int32_t k,
+                          int32_t n, enum kernel_epilogue epilogue);
 
 /* Element i (kernel_packed_index) of a packed weight of type wt with k_dim rows, as float32:
  * exact for F32/F16/BF16, the dequantized (float)q * scale for Q8. */

@@ -171,6 +171,13 @@ static size_t round_up16(size_t n) {
     return (n + 15) / 16 * 16;
 }
 
+/* The widest input of any weight matmul: the residual stream, the attention output (q_dim) or
+ * the MLP hidden. */
+static int32_t max_matmul_k(const struct model_config *c) {
+    int32_t k = c->n_embd > c->n_inner ? c->n_embd : c->n_inner;
+    return k > c->n_head * c->head_dim ? k : c->n_head * c->head_dim;
+}
+
 struct model_scratch *model_scratch_create(const struct model *model, int32_t max_tokens,
                                            int32_t max_logits) {
     if (max_tokens < 1 || max_logits < 0 || max_logits > max_tokens) {
@@ -189,6 +196,7 @@ struct model_scratch *model_scratch_create(const struct model *model, int32_t ma
         (size_t)(max_logits > 0 ? max_logits : 1) * c->n_embd,
         (size_t)POOL_MAX_THREADS * (size_t)c->n_ctx,
         n,
+        model->wtype == KERNEL_W_Q8 ? n * kernel_q8_row_bytes(max_matmul_k(c)) / sizeof(float) : 0,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
@@ -211,6 +219,8 @@ struct model_scratch *model_scratch_create(const struct model *model, int32_t ma
         p += round_up16(sizes[i]);
     }
     s->row0 = (int32_t *)p;
+    p += round_up16(sizes[7]);
+    s->x_q = model->wtype == KERNEL_W_Q8 ? p : NULL;
     s->max_tokens = max_tokens;
     s->max_logits = max_logits;
     s->n_ctx = c->n_ctx;
@@ -233,8 +243,24 @@ static void matmul_task(void *ctx, int32_t i_task, int32_t i_thread) {
     int32_t n_panels = kernel_matmul_n_panels(f->mm_n, f->mm_epilogue);
     int32_t p0 = (int32_t)((int64_t)n_panels * i_task / f->mm_n_tasks);
     int32_t p1 = (int32_t)((int64_t)n_panels * (i_task + 1) / f->mm_n_tasks);
+    if (f->model->wtype == KERNEL_W_Q8) {
+        kernel_matmul_q8(f->model->isa, f->mm_x_q, f->mm_w, f->mm_b, f->mm_out, f->mm_ldo, f->mm_m,
+                         f->mm_k, f->mm_n, p0, p1, f->mm_epilogue);
+        return;
+    }
     kernel_matmul(f->model->isa, f->mm_x, (size_t)f->mm_k, f->mm_w, f->model->wtype, f->mm_b,
                   f->mm_out, f->mm_ldo, f->mm_m, f->mm_k, f->mm_n, p0, p1, f->mm_epilogue);
+}
+
+/* Q8: quantizes a share of the matmul's input rows. */
+static void quantize_task(void *ctx, int32_t i_task, int32_t i_thread) {
+    (void)i_thread;
+    struct fwd *f = ctx;
+    int32_t r0 = (int32_t)((int64_t)f->mm_m * i_task / f->mm_n_tasks);
+    int32_t r1 = (int32_t)((int64_t)f->mm_m * (i_task + 1) / f->mm_n_tasks);
+    size_t row_bytes = kernel_q8_row_bytes(f->mm_k);
+    kernel_quantize_rows(f->model->isa, f->mm_x + (size_t)r0 * (size_t)f->mm_k, (size_t)f->mm_k,
+                         r1 - r0, f->mm_k, (char *)f->s->x_q + (size_t)r0 * row_bytes);
 }
 
 void fwd_matmul(struct fwd *f, const float *x, const void *w, const float *b, float *out,
@@ -248,8 +274,19 @@ void fwd_matmul(struct fwd *f, const float *x, const void *w, const float *b, fl
     f->mm_k = k;
     f->mm_n = n;
     f->mm_epilogue = epilogue;
-    int32_t n_panels = kernel_matmul_n_panels(n, epilogue);
+    f->mm_x_q = f->s->x_q;
     int32_t n_threads = pool_n_threads(cur_pool());
+    if (f->model->wtype == KERNEL_W_Q8) {
+        /* Each row by itself (the batch stays bit-identical to its rows alone); a few rows are
+         * not worth waking a thread. */
+        f->mm_n_tasks = m < 16 ? 1 : (m < n_threads ? m : n_threads);
+        if (f->mm_n_tasks == 1) {
+            kernel_quantize_rows(f->model->isa, x, (size_t)k, m, k, f->s->x_q);
+        } else {
+            pool_run(cur_pool(), quantize_task, f, f->mm_n_tasks);
+        }
+    }
+    int32_t n_panels = kernel_matmul_n_panels(n, epilogue);
     /* Small matmuls are not worth waking a thread; big ones get a few tasks per thread so a
      * core slowed by a neighbour does not hold the other back. */
     double flops = 2.0 * m * (double)k * n * (epilogue == KERNEL_EPILOGUE_SWIGLU ? 2 : 1);

@@ -120,6 +120,7 @@ struct model_scratch {
     float *lnf;    /* (R, C) final norm of the logit rows */
     float *scores; /* (POOL_MAX_THREADS, n_ctx) attention weights, one row per thread */
     int32_t *row0; /* (N,) first row of each sequence in the batch */
+    void *x_q;     /* Q8 weights: (N, kernel_q8_row_bytes(K)) a matmul's input rows, quantized */
     void *block;   /* the one allocation */
 };
 
@@ -135,6 +136,7 @@ struct fwd {
     int32_t qkv_width; /* columns of s->qkv: q_dim + 2 kv_dim (attention reads it) */
     /* the matmul being split across the pool */
     const float *mm_x;
+    const void *mm_x_q; /* Q8 weights: mm_x quantized */
     const void *mm_w;
     const float *mm_b;
     float *mm_out;
