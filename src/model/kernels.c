@@ -191,7 +191,8 @@ float kernel_packed_get(enum kernel_wtype wt, const void *w_packed, int32_t k_di
 }
 
 /* One group of n values at stride apart: scale = amax / 127 and q = round(v / scale) clamped
- * to -127 .. 127 (fminf/fmaxf, so a NaN becomes 127). Shared by weights and activations. */
+ * to -127 .. 127 (a NaN fails the first compare and becomes 127, as fminf would make it).
+ * Shared by weights and activations. */
 static float quantize_group(const float *v, size_t stride, int32_t n, int8_t *q, size_t q_stride) {
     float amax = 0.0f;
     for (int32_t i = 0; i < n; i++) {
@@ -201,7 +202,8 @@ static float quantize_group(const float *v, size_t stride, int32_t n, int8_t *q,
     float scale = amax / 127.0f;
     for (int32_t i = 0; i < n; i++) {
         float r = scale > 0.0f ? rintf(v[(size_t)i * stride] / scale) : 0.0f;
-        q[(size_t)i * q_stride] = (int8_t)fmaxf(fminf(r, 127.0f), -127.0f);
+        r = r < 127.0f ? r : 127.0f;
+        q[(size_t)i * q_stride] = (int8_t)(r > -127.0f ? r : -127.0f);
     }
     return scale;
 }
@@ -1005,44 +1007,44 @@ ROW256_ACC_FN(row256_acc_bf16, KERNEL_W_BF16)
  * as tile256_q8_acc's, eight int32 accumulators. */
 static T256 __attribute__((noinline)) void row256_q8_acc(const char *x_q, const char *wp,
                                                          size_t n_groups, __m256 *acc) {
-    __m256 f[8];
     const __m256i ones = _mm256_set1_epi16(1);
-#pragma GCC unroll 8
+    /* As in tile256_q8_acc, the float accumulators live in acc and the registers hold the
+     * eight integer sums (unrolling the quads as well made GCC spill them). */
     for (int j = 0; j < 8; j++) {
-        f[j] = _mm256_setzero_ps();
+        acc[j] = _mm256_setzero_ps();
     }
     const float *xs = (const float *)(const void *)(x_q + n_groups * KERNEL_Q8_GROUP);
     for (size_t g = 0; g < n_groups; g++) {
         const char *gb = wp + g * KERNEL_Q8_GROUP_BYTES;
         __m256i s[8];
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            s[j] = _mm256_setzero_si256();
-        }
-#pragma GCC unroll 8
-        for (int t = 0; t < KERNEL_Q8_GROUP / 4; t++) {
-            int32_t quad;
-            memcpy(&quad, x_q + g * KERNEL_Q8_GROUP + (size_t)t * 4, 4);
-            __m256i xb = _mm256_set1_epi32(quad);
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) {
-                __m256i w =
-                    _mm256_loadu_si256((const __m256i *)(const void *)(gb + t * 256 + j * 32));
-                __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xb, w));
-                s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones));
+        /* Two halves of four columns vectors: eight sums plus the temporaries do not fit. */
+#pragma GCC unroll 2
+        for (int h = 0; h < 8; h += 4) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                s[h + j] = _mm256_setzero_si256();
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < KERNEL_Q8_GROUP / 4; t++) {
+                int32_t quad;
+                memcpy(&quad, x_q + g * KERNEL_Q8_GROUP + (size_t)t * 4, 4);
+                __m256i xb = _mm256_set1_epi32(quad);
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    __m256i w = _mm256_loadu_si256(
+                        (const __m256i *)(const void *)(gb + t * 256 + (h + j) * 32));
+                    __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xb, w));
+                    s[h + j] = _mm256_add_epi32(s[h + j], _mm256_madd_epi16(p, ones));
+                }
             }
         }
         const float *ws = (const float *)(const void *)(gb + KERNEL_Q8_GROUP * KERNEL_NR);
         __m256 xsv = _mm256_broadcast_ss(xs + g);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            f[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]),
-                                   _mm256_mul_ps(xsv, _mm256_loadu_ps(ws + 8 * j)), f[j]);
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]),
+                                     _mm256_mul_ps(xsv, _mm256_loadu_ps(ws + 8 * j)), acc[j]);
         }
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; j++) {
-        acc[j] = f[j];
     }
 }
 
