@@ -73,11 +73,23 @@ count_results() { # build dir, log base name
     local json
     json=$(ls "$1/meson-logs/$2"*.json 2>/dev/null | head -n 1)
     [ -n "$json" ] || return 0
-    local ok bad
+    local ok bad skipped
     ok=$(grep -c '"result": "OK"' "$json" || true)
     bad=$(grep -Ec '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS)"' "$json" || true)
+    skipped=$(grep -c '"result": "SKIP"' "$json" || true)
     passed=$((passed + ok))
     failed=$((failed + bad))
+    if [ "$skipped" -gt 0 ]; then
+        # A skipped suite (exit 77: a tool or fixture missing) silently removes its tests: under
+        # CI it is a failure, named with the last line it printed (its reason).
+        jq -r 'select(.result == "SKIP") | "  skipped: \(.name): " +
+            ((.stdout // "") | split("\n") | map(select(length > 0)) | (last // "no reason printed"))' \
+            "$json" >&2
+        if [ "${CI:-}" = true ]; then
+            log "CI=true: $skipped skipped test(s) counted as failed"
+            failed=$((failed + skipped))
+        fi
+    fi
 }
 
 run_suite() { # name, build dir, meson test args...
