@@ -25,21 +25,25 @@
 #define SERVER_MAX_CORS_ORIGINS 16
 
 struct server_config {
-    char host[256];                      /* address to bind; default 127.0.0.1 */
-    int port;                            /* default 8080; 0 = an ephemeral port (see server_port) */
-    int n_threads;                       /* libmicrohttpd thread pool, default 4 */
-    int connection_timeout_s;            /* idle connection timeout, default 30 */
-    int connection_limit;                /* open connections, default 1024 */
-    int per_ip_connection_limit;         /* default 0 = no per-IP limit */
-    size_t connection_memory_bytes;      /* per-connection pool (request line + headers), 128 KiB;
-                                            beyond it libmicrohttpd answers 431 itself (HTML) */
-    size_t max_header_bytes;             /* request line + headers, 32 KiB: more -> 431 (JSON) */
-    size_t max_body_bytes;               /* request body cap, default 1 MiB -> 413 */
-    int max_prompts;                     /* prompts per request, default 16 */
-    int max_n;                           /* n and best_of, default 16 */
-    int max_tokens_cap;                  /* largest max_tokens, default 0 = the model's context */
-    char served_model_name[128];         /* default: the model directory's base name */
-    bool strict_model;                   /* a request naming another model gets 404 */
+    char host[256];                 /* address to bind; default 127.0.0.1 */
+    int port;                       /* default 8080; 0 = an ephemeral port (see server_port) */
+    int n_threads;                  /* libmicrohttpd thread pool, default 4 */
+    int admin_port;                 /* -1 (default): none; else a second listener on
+                                       host for /health, /livez and /metrics only */
+    int connection_timeout_s;       /* idle connection timeout, default 30 */
+    int header_timeout_s;           /* request line + headers complete within this, default 10 */
+    int body_timeout_s;             /* the body complete within this of the headers, default 30 */
+    int connection_limit;           /* open connections; default 0 = from the descriptor limit */
+    int per_ip_connection_limit;    /* per client address, default 512; 0 = no limit */
+    size_t connection_memory_bytes; /* per-connection pool (request line + headers), 128 KiB;
+                                       beyond it libmicrohttpd answers 431 itself (HTML) */
+    size_t max_header_bytes;        /* request line + headers, 32 KiB: more -> 431 (JSON) */
+    size_t max_body_bytes;          /* request body cap, default 1 MiB -> 413 */
+    int max_prompts;                /* prompts per request, default 16 */
+    int max_n;                      /* n and best_of, default 16 */
+    int max_tokens_cap;             /* largest max_tokens, default 0 = the model's context */
+    char served_model_name[128];    /* default: the model directory's base name */
+    bool strict_model;              /* a request naming another model gets 404 */
     char *api_keys[SERVER_MAX_API_KEYS]; /* borrowed; empty = no authentication */
     int n_api_keys;
     bool metrics_public; /* /metrics without a key even when keys are set (default false) */
@@ -67,6 +71,8 @@ struct server *server_create(const struct server_config *cfg, char *err, size_t 
 
 /* The port actually bound (useful with port 0). */
 int server_port(const struct server *s);
+/* The admin listener's port (--admin-port), or -1 without one. */
+int server_admin_port(const struct server *s);
 
 /* Attaches the loaded model's engine and tokenizer (borrowed; they must outlive the server's
  * stop) and turns /health to 200. Main thread, once. */

@@ -165,6 +165,10 @@ int cmd_serve(int argc, char **argv) {
         goto cleanup;
     }
     log_info("listening on http://%s:%d (model loading)", o.server.host, server_port(srv));
+    if (server_admin_port(srv) >= 0) {
+        log_info("admin endpoints (/health, /livez, /metrics) on http://%s:%d", o.server.host,
+                 server_admin_port(srv));
+    }
 
     tok = tokenizer_load(o.model_dir, err, sizeof(err));
     if (tok == NULL) {

@@ -54,12 +54,18 @@ static const struct opt opts[] = {
     {"http-threads", 0, NUM(OPT_INT, server.n_threads, 1, 256), "HTTP thread pool (default 4)"},
     {"threads", 't', NUM(OPT_INT, n_model_threads, 0, 1024),
      "compute threads of the model (default: the model's choice)"},
+    {"admin-port", 0, NUM(OPT_INT, server.admin_port, -1, 65535),
+     "second listener for /health, /livez, /metrics only (default -1 = none; 0 = any port)"},
     {"connection-timeout", 0, NUM(OPT_INT, server.connection_timeout_s, 1, 86400),
      "idle connection timeout in seconds (default 30)"},
-    {"connection-limit", 0, NUM(OPT_INT, server.connection_limit, 1, 1000000),
-     "open connections (default 1024)"},
+    {"header-timeout", 0, NUM(OPT_INT, server.header_timeout_s, 1, 86400),
+     "seconds for a request line and headers to arrive, however they trickle (default 10)"},
+    {"body-timeout", 0, NUM(OPT_INT, server.body_timeout_s, 1, 86400),
+     "seconds for a request body to arrive after its headers (default 30)"},
+    {"connection-limit", 0, NUM(OPT_INT, server.connection_limit, 0, 1000000),
+     "open connections (default 0 = the descriptor limit - 256, at most 16384)"},
     {"per-ip-connection-limit", 0, NUM(OPT_INT, server.per_ip_connection_limit, 0, 1000000),
-     "open connections per client address (default 0 = no limit)"},
+     "open connections per client address (default 512; 0 = no limit)"},
     {"connection-memory", 0, NUM(OPT_SIZE, server.connection_memory_bytes, 8192, 1 << 30),
      "per-connection memory pool (default 128KiB)"},
     {"max-header-bytes", 0, NUM(OPT_SIZE, server.max_header_bytes, 1024, 1 << 30),
@@ -130,9 +136,15 @@ void server_config_init_default(struct server_config *cfg) {
     snprintf(cfg->host, sizeof(cfg->host), "127.0.0.1");
     cfg->port = 8080;
     cfg->n_threads = 4;
+    cfg->admin_port = -1;
     cfg->connection_timeout_s = 30;
-    cfg->connection_limit = 1024;
-    cfg->per_ip_connection_limit = 0;
+    cfg->header_timeout_s = 10;
+    cfg->body_timeout_s = 30;
+    /* 0: sized from the descriptor limit (conn_guard.c). Per client 512: the usual load tools
+     * from one machine (wrk -c 256, hey -c 200, ab -c 256) fit with room to spare, while one
+     * address cannot take more than a slice of the table. */
+    cfg->connection_limit = 0;
+    cfg->per_ip_connection_limit = 512;
     /* The pool must hold the headers we are willing to read plus room to answer: requests
      * between max_header_bytes and the pool size get our JSON 431, bigger ones libmicrohttpd's
      * own (HTML) 431. */

@@ -104,6 +104,29 @@ enum MHD_Result prometheus_respond(struct conn *x) {
     prom_metric(&b, "gptd_http_inflight_requests", "gauge",
                 "Completion requests admitted and not finished.",
                 (double)atomic_load(&s->n_inflight));
+    struct conn_guard *g = &s->guard;
+    prom_metric(&b, "gptd_connections_open", "gauge",
+                "Open connections of the main listener (any phase, kept-alive included).",
+                (double)conn_guard_open(g));
+    prom_metric(&b, "gptd_connections_limit", "gauge",
+                "Connections the main listener accepts in all (--connection-limit).",
+                (double)g->limit);
+    sbuf_printf(&b,
+                "# HELP gptd_connections_rejected_total Connections refused at accept, by "
+                "reason.\n"
+                "# TYPE gptd_connections_rejected_total counter\n"
+                "gptd_connections_rejected_total{reason=\"connection_limit\"} %llu\n"
+                "gptd_connections_rejected_total{reason=\"per_client_limit\"} %llu\n",
+                (unsigned long long)atomic_load(&g->rejected_limit),
+                (unsigned long long)atomic_load(&g->rejected_per_client));
+    sbuf_printf(&b,
+                "# HELP gptd_connections_timed_out_total Connections closed because a request's "
+                "headers or body did not arrive in time (--header-timeout, --body-timeout).\n"
+                "# TYPE gptd_connections_timed_out_total counter\n"
+                "gptd_connections_timed_out_total{phase=\"headers\"} %llu\n"
+                "gptd_connections_timed_out_total{phase=\"body\"} %llu\n",
+                (unsigned long long)atomic_load(&g->timed_out_headers),
+                (unsigned long long)atomic_load(&g->timed_out_body));
     sbuf_puts(&b, "# HELP gptd_http_requests_total HTTP requests by route and status.\n"
                   "# TYPE gptd_http_requests_total counter\n");
     for (int r = 0; r < N_ROUTES; r++) {

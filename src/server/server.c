@@ -37,6 +37,7 @@
 #include <malloc.h>
 #include <math.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -233,6 +234,7 @@ static void *ticker_main(void *arg) {
             malloc_trim(0);
             is_trimmed = true;
         }
+        conn_guard_tick(&s->guard, now);
         pthread_mutex_lock(&s->reg_mu);
         for (struct conn *x = s->reg_head; x != NULL; x = x->reg_next) {
             pthread_mutex_lock(&x->mu);
@@ -624,6 +626,11 @@ static enum MHD_Result on_headers(struct conn *x, const char *method, const char
     return MHD_YES;
 }
 
+/* What the admin listener (--admin-port) answers: the orchestrator's probes and /metrics. */
+static bool is_admin_route(enum route r) {
+    return r == ROUTE_HEALTH || r == ROUTE_LIVEZ || r == ROUTE_METRICS;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls) {
@@ -636,7 +643,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             return MHD_NO;
         }
         *con_cls = x;
+        conn_guard_headers_done(&s->guard, c);
         x->route = find_route(s, url, &x->asset);
+        if (s->admin_mhd != NULL && !is_admin_route(x->route)) {
+            const union MHD_ConnectionInfo *di =
+                MHD_get_connection_info(c, MHD_CONNECTION_INFO_DAEMON);
+            if (di != NULL && di->daemon == s->admin_mhd) {
+                x->route = ROUTE_OTHER; /* the admin listener serves the probes only: 404 */
+            }
+        }
         snprintf(x->method, sizeof(x->method), "%s", method);
         return on_headers(x, method, url);
     }
@@ -657,6 +672,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         sbuf_append(&x->body, upload_data, n);
         return x->body.failed ? MHD_NO : MHD_YES;
     }
+    conn_guard_body_done(&s->guard, c);
     if (x->responded) {
         return MHD_YES;
     }
@@ -743,9 +759,9 @@ static void access_log(struct conn *x, enum MHD_RequestTerminationCode toe) {
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)c;
     struct server *s = cls;
     struct conn *x = *con_cls;
+    conn_guard_request_done(&s->guard, c); /* a kept-alive connection waits for headers again */
     if (x == NULL) {
         return;
     }
@@ -811,24 +827,55 @@ struct server *server_create(const struct server_config *cfg, char *err, size_t 
         goto fail;
     }
     s->check_host = is_loopback_name(cfg->host, strlen(cfg->host));
+    if (conn_guard_init(&s->guard, cfg) != 0) {
+        snprintf(err, err_size, "out of memory");
+        goto fail;
+    }
+    log_info("file descriptors: soft limit %lld%s, hard %lld; connections: %d in all, %d per "
+             "client address; headers within %d s, bodies within %d s",
+             s->guard.fd_soft, s->guard.fd_soft_before != s->guard.fd_soft ? " (raised)" : "",
+             s->guard.fd_hard, s->guard.limit, s->guard.per_client_limit, cfg->header_timeout_s,
+             cfg->body_timeout_s);
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
                          MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) {
         flags |= MHD_USE_IPv6;
     }
+    /* The guard enforces the limits (and counts refusals): libmicrohttpd's own global limit,
+     * split evenly over its threads, is set so that no thread's share binds before it. */
     s->mhd = MHD_start_daemon(
-        flags, (uint16_t)cfg->port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER,
+        flags, (uint16_t)cfg->port, conn_guard_accept, s, on_access, s, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_logger, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned int)cfg->n_threads, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)cfg->connection_limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned int)cfg->per_ip_connection_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        cfg->connection_memory_bytes, MHD_OPTION_LISTEN_BACKLOG_SIZE, 512u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+        (unsigned int)s->guard.limit * (unsigned int)cfg->n_threads,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->connection_memory_bytes,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 512u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, s, MHD_OPTION_END);
     if (s->mhd == NULL) {
         snprintf(err, err_size, "cannot listen on %s:%d (address in use or not permitted?)",
                  cfg->host, cfg->port);
         goto fail;
+    }
+    if (cfg->admin_port >= 0) {
+        /* The orchestrator's probes on their own listener: a table full of slow clients on the
+         * main port cannot keep /livez from answering. One thread, a small table. */
+        ((struct sockaddr_in *)(void *)ai->ai_addr)->sin_port = htons((uint16_t)cfg->admin_port);
+        s->admin_mhd = MHD_start_daemon(
+            (flags & ~(unsigned int)MHD_ALLOW_SUSPEND_RESUME), (uint16_t)cfg->admin_port, NULL,
+            NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_SOCK_ADDR,
+            ai->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_LIMIT, 64u,
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->connection_memory_bytes,
+            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+        if (s->admin_mhd == NULL) {
+            snprintf(err, err_size,
+                     "cannot listen on %s:%d for --admin-port (address in use or not permitted?)",
+                     cfg->host, cfg->admin_port);
+            goto fail;
+        }
+        const union MHD_DaemonInfo *ai_port =
+            MHD_get_daemon_info(s->admin_mhd, MHD_DAEMON_INFO_BIND_PORT);
+        s->admin_port = ai_port != NULL && ai_port->port != 0 ? ai_port->port : cfg->admin_port;
     }
     freeaddrinfo(ai);
     ai = NULL;
@@ -854,6 +901,10 @@ fail:
 
 int server_port(const struct server *s) {
     return s->port;
+}
+
+int server_admin_port(const struct server *s) {
+    return s->admin_mhd != NULL ? s->admin_port : -1;
 }
 
 void server_set_engine(struct server *s, struct engine *engine, struct tokenizer *tok,
@@ -926,6 +977,10 @@ void server_stop(struct server *s) {
     }
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
+    if (s->admin_mhd != NULL) {
+        MHD_stop_daemon(s->admin_mhd);
+        s->admin_mhd = NULL;
+    }
 }
 
 void server_destroy(struct server *s) {
@@ -937,6 +992,10 @@ void server_destroy(struct server *s) {
         atomic_store(&s->ticker_stop, true);
         pthread_join(s->ticker, NULL);
     }
+    if (s->admin_mhd != NULL) { /* server_stop returns early when the main daemon never started */
+        MHD_stop_daemon(s->admin_mhd);
+    }
+    conn_guard_destroy(&s->guard);
     auth_keys_destroy(s->keys);
     pthread_mutex_destroy(&s->reg_mu);
     free(s);

@@ -1,9 +1,9 @@
 /*
  * server_internal.h: what the files of src/server share: the server and per-request (struct
  * conn) state, the route table, response helpers and the suspension protocol (server.c), the
- * completion flow of /v1/completions and /v1/chat/completions (completion_flow.c) and the
- * Prometheus text of /metrics (prometheus.c). See server.c's DESIGN comment for the threads and
- * the locking rules that hold over all of them.
+ * completion flow of /v1/completions and /v1/chat/completions (completion_flow.c), the
+ * Prometheus text of /metrics (prometheus.c) and the connection guard (conn_guard.c). See
+ * server.c's DESIGN comment for the threads and the locking rules that hold over all of them.
  */
 #ifndef GPTD_SERVER_INTERNAL_H
 #define GPTD_SERVER_INTERNAL_H
@@ -51,11 +51,47 @@ extern const struct route_info server_routes[N_ROUTES];
 
 struct conn;
 
+/* conn_guard.c: limits at accept and per-phase deadlines for the main listener. */
+#define CONN_GUARD_FD_RESERVE 256   /* descriptors kept back from the connection table */
+#define CONN_GUARD_MIN_LIMIT  64    /* the automatic table size is kept within these */
+#define CONN_GUARD_MAX_LIMIT  16384 /* (each connection may hold connection_memory_bytes) */
+struct guard_conn;
+struct guard_addr;
+struct conn_guard {
+    pthread_mutex_t mu;
+    struct guard_conn *head;     /* every open connection, under mu */
+    struct guard_addr **buckets; /* open connections per client address, under mu */
+    int n_open;                  /* under mu */
+    int limit;                   /* connections in all */
+    int per_client_limit;        /* per client address; 0 = none */
+    int64_t header_timeout_us, body_timeout_us;
+    long long fd_soft_before, fd_soft, fd_hard; /* RLIMIT_NOFILE at start (-1: unlimited) */
+    atomic_uint_fast64_t rejected_limit, rejected_per_client;
+    atomic_uint_fast64_t timed_out_headers, timed_out_body;
+};
+
+int conn_guard_init(struct conn_guard *g, const struct server_config *cfg);
+void conn_guard_destroy(struct conn_guard *g);
+/* libmicrohttpd's accept policy and connection notification callbacks (cls: the server). */
+enum MHD_Result conn_guard_accept(void *cls, const struct sockaddr *addr, socklen_t addr_len);
+void conn_guard_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                       enum MHD_ConnectionNotificationCode code);
+/* A request's phases (on_access / on_completed): each starts its deadline. */
+void conn_guard_headers_done(struct conn_guard *g, struct MHD_Connection *c);
+void conn_guard_body_done(struct conn_guard *g, struct MHD_Connection *c);
+void conn_guard_request_done(struct conn_guard *g, struct MHD_Connection *c);
+/* Shuts down every connection past its phase's deadline (the ticker, every tick). */
+void conn_guard_tick(struct conn_guard *g, int64_t now_us);
+int conn_guard_open(struct conn_guard *g);
+
 struct server {
     struct server_config cfg;
     bool check_host; /* bound to loopback: refuse foreign Host headers (DNS rebinding) */
     struct MHD_Daemon *mhd;
     int port;
+    struct MHD_Daemon *admin_mhd; /* --admin-port: /health, /livez, /metrics only; or NULL */
+    int admin_port;
+    struct conn_guard guard; /* the main listener's */
     struct auth_keys *keys;
     char fingerprint[64];
     int64_t t_created_s;
