@@ -25,7 +25,7 @@ BUILD_PACKAGES=(
 # the playground's browser test (Debian's chromium; playwright-core comes from npm).
 TEST_PACKAGES=(
     clang libclang-rt-14-dev python3 python3-numpy python3-torch python3-regex bible-kjv
-    valgrind clang-format curl jq wrk apache2-utils nginx chromium
+    valgrind clang-format curl jq wrk apache2-utils nginx chromium slowhttptest
 )
 
 log() { printf '\033[1m[quickstart]\033[0m %s\n' "$*" >&2; }

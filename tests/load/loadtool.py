@@ -11,6 +11,7 @@ exits non-zero on any broken promise. Request counts and durations are bounded b
   loadtool.py GPTD MODEL_DIR slowloris [--connections 300]
   loadtool.py GPTD MODEL_DIR shutdown
   loadtool.py GPTD MODEL_DIR soak [--seconds 120]
+  loadtool.py GPTD MODEL_DIR slowclients [--connections 1000] [--seconds 12]
 
 Python standard library only.
 """
@@ -120,9 +121,11 @@ class Server:
 
 # ---- clients ----------------------------------------------------------------------------------
 
-def http(port, method, path, body=None, timeout=10.0):
-    """One request on a fresh connection; returns (status, body bytes)."""
-    s = socket.create_connection((HOST, port), timeout=timeout)
+def http(port, method, path, body=None, timeout=10.0, source=None):
+    """One request on a fresh connection (from address source, default any); returns (status,
+    body bytes)."""
+    s = socket.create_connection((HOST, port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     try:
         data = body.encode() if isinstance(body, str) else (body or b"")
         head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" % (method, path)
@@ -595,17 +598,215 @@ def scenario_soak(args):
     finally:
         check(srv.stop() == 0, "server exit code not 0")
 
+def raise_fd_limit():
+    """The attack tools open a thousand sockets each: lift this process's (and so their) soft
+    descriptor limit to the hard one, as gptd does for itself."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def scenario_slowclients(args):
+    """Issue 21: one address attacks a server with its default limits, with Debian's
+    slowhttptest in its slow-headers, slow-body and slow-read modes and a wrk flood well above
+    the per-client limit. During each attack a well-behaved client on another address
+    (127.0.0.2) gets /health and a 16-token completion, every one 200 with p99 under 1 s, and
+    the admin listener's /livez answers; the deadlines and limits show in /metrics; afterwards
+    connections, fds, threads and RSS are back at their baseline."""
+    import shutil
+    for tool in ("slowhttptest", "wrk"):
+        check(shutil.which(tool) is not None, "%s is not installed (quickstart.sh test installs "
+              "it)" % tool)
+    fd_limit = raise_fd_limit()
+    check(fd_limit >= args.connections + 64, "descriptor limit %d is below %d connections" % (
+        fd_limit, args.connections))
+    # Deadlines shortened from 10 s / 30 s so that each attack outlives them within its bounded
+    # length; every other limit is the default (512 connections per client address).
+    srv = Server(args.gptd, args.model, "--header-timeout", "4", "--body-timeout", "6",
+                 "--admin-port", "0")
+    srv.log.seek(0)
+    m = re.search(r"admin endpoints \(/health, /livez, /metrics\) on http://127\.0\.0\.1:(\d+)",
+                  srv.log.read())
+    check(m is not None, "no admin port in the log")
+    admin_port = int(m.group(1))
+    good = "127.0.0.2"
+    try:
+        def good_client(stop, out):
+            """/health, a 16-token completion and the admin /livez, over and over."""
+            body = json.dumps(completion_body(max_tokens=16, stream=False))
+            while not stop.is_set():
+                for what, port, method, path, data in (
+                        ("health", srv.port, "GET", "/health", None),
+                        ("completion", srv.port, "POST", "/v1/completions", body),
+                        ("livez", admin_port, "GET", "/livez", None)):
+                    t0 = time.time()
+                    try:
+                        status, _ = http(port, method, path, data, timeout=5.0, source=good)
+                    except (OSError, IndexError, ValueError) as e:  # refused, reset, empty
+                        status = "error %r" % e
+                    out.append((what, status, time.time() - t0))
+                time.sleep(0.1)
+
+        def attack(name, cmd, seconds):
+            stop = threading.Event()
+            results = []
+            tool = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            time.sleep(2.0)  # let the attack build up before measuring
+            t = threading.Thread(target=good_client, args=(stop, results))
+            t.start()
+            try:
+                out, _ = tool.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                tool.kill()
+                out, _ = tool.communicate()
+                raise Failure("%s did not end by itself" % name)
+            finally:
+                stop.set()
+                t.join()
+            bad = [r for r in results if r[1] != 200]
+            check(results, "%s: the good client made no request" % name)
+            check(not bad, "%s: the good client got %s" % (name, bad[:5]))
+            lat = sorted(r[2] for r in results)
+            p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+            check(p99 < 1.0, "%s: good client's p99 %.3f s" % (name, p99))
+            return len(results), lat[len(lat) // 2], p99, out.decode(errors="replace")
+
+        def settle():
+            """Waits until the attack's connections are gone; returns /metrics."""
+            deadline = time.time() + 15
+            while True:
+                m = srv.metrics()
+                if m.get("gptd_connections_open", 1) <= 1:  # the /metrics request itself
+                    return m
+                if time.time() > deadline:
+                    raise Failure("%d connections still open" % m["gptd_connections_open"])
+                time.sleep(0.2)
+
+        def labelled(name, label):
+            status, body = http(srv.port, "GET", "/metrics")
+            mm = re.search(r"^%s\{%s\} (\S+)$" % (re.escape(name), label), body.decode(), re.M)
+            return float(mm.group(1)) if mm else 0.0
+
+        # Baseline after one round of the good client and a short flood, so the allocator and
+        # the thread pool are in their steady state.
+        http(srv.port, "POST", "/v1/completions", json.dumps(completion_body(stream=False)))
+        srv.wait_idle()
+        settle()
+        rss0, threads0, fds0 = srv.proc_status()
+        url = "http://%s:%d" % (HOST, srv.port)
+        n, secs = str(args.connections), str(args.seconds)
+        attacks = [
+            # slow headers: a header line every 3 s never completes the request
+            ("slow headers", ["slowhttptest", "-H", "-c", n, "-r", "500", "-i", "3", "-x", "24",
+                              "-l", secs, "-p", "2", "-u", url + "/health"]),
+            # slow body: a POST announcing 100 KB that trickles in
+            ("slow body", ["slowhttptest", "-B", "-c", n, "-r", "500", "-i", "3", "-s", "100000",
+                           "-x", "24", "-t", "POST", "-l", secs, "-p", "2",
+                           "-u", url + "/v1/completions"]),
+            # slow read: pipelined requests for /metrics read through a tiny window
+            ("slow read", ["slowhttptest", "-X", "-c", n, "-r", "500", "-w", "16", "-y", "32",
+                           "-n", "3", "-z", "32", "-k", "3", "-l", secs, "-p", "2",
+                           "-u", url + "/metrics"]),
+            # flood: twice the per-client limit of keep-alive connections hammering /health
+            ("flood", ["wrk", "-t", "1", "-c", n, "-d", secs + "s", url + "/health"]),
+        ]
+        report = []
+        for name, cmd in attacks:
+            n_req, p50, p99, out = attack(name, cmd, args.seconds)
+            m = settle()
+            report.append("%s: good client %d requests, p50 %.0f ms, p99 %.0f ms" % (
+                name, n_req, 1000 * p50, 1000 * p99))
+            if name == "slow headers":
+                check(labelled("gptd_connections_timed_out_total", 'phase="headers"') > 0,
+                      "slow headers: no connection closed at the header deadline")
+            elif name == "slow body":
+                check(labelled("gptd_connections_timed_out_total", 'phase="body"') > 0,
+                      "slow body: no connection closed at the body deadline")
+        rejected = labelled("gptd_connections_rejected_total", 'reason="per_client_limit"')
+        check(rejected > 0, "no connection was refused at the per-client limit")
+        time.sleep(0.5)
+        rss1, threads1, fds1 = srv.proc_status()
+        check(SANITIZED or rss1 - rss0 <= 32 * 1024, "RSS grew %d KiB (%d -> %d)" % (
+            rss1 - rss0, rss0, rss1))
+        check(abs(threads1 - threads0) <= 2, "threads %d -> %d" % (threads0, threads1))
+        check(abs(fds1 - fds0) <= 2, "fds %d -> %d" % (fds0, fds1))
+        print("slowclients (%d connections per attack, %s s each): %s; %d refused at the "
+              "per-client limit; RSS %+d KiB, threads %d -> %d, fds %d -> %d" % (
+                  args.connections, secs, "; ".join(report), rejected, rss1 - rss0, threads0,
+                  threads1, fds0, fds1))
+    finally:
+        check(srv.stop() == 0, "server exit code not 0")
+    slowclients_global_limit(args)
+
+
+def slowclients_global_limit(args):
+    """The global limit: with --connection-limit 32, 40 idle sockets from two addresses get 32
+    in and 8 refused at accept (counted); the admin listener answers while the table is full;
+    once the sockets close, the main port answers again."""
+    srv = Server(args.gptd, args.model, "--connection-limit", "32", "--admin-port", "0")
+    srv.log.seek(0)
+    admin_port = int(re.search(r"admin endpoints .* on http://127\.0\.0\.1:(\d+)",
+                               srv.log.read()).group(1))
+    socks = []
+    try:
+        for i in range(40):
+            s = socket.create_connection((HOST, srv.port), timeout=5,
+                                         source_address=("127.0.0.%d" % (2 + i % 2), 0))
+            socks.append(s)
+        time.sleep(0.5)  # refused ones are closed by the server: recv sees the end at once
+        refused = 0
+        for s in socks:
+            s.settimeout(0.05)
+            try:
+                if s.recv(1) == b"":
+                    refused += 1
+            except socket.timeout:
+                pass
+            except OSError:
+                refused += 1
+        status, body = http(admin_port, "GET", "/metrics")
+        check(status == 200, "admin /metrics answered %d with the table full" % status)
+        mm = re.search(r'^gptd_connections_rejected_total\{reason="connection_limit"\} (\S+)$',
+                       body.decode(), re.M)
+        check(refused == 8 and mm is not None and float(mm.group(1)) == 8,
+              "40 sockets at a limit of 32: %d closed, %s counted" % (
+                  refused, mm.group(1) if mm else "none"))
+        check(http(admin_port, "GET", "/livez")[0] == 200, "admin /livez with the table full")
+        for s in socks:
+            s.close()
+        socks = []
+        deadline = time.time() + 5
+        while True:
+            try:
+                if http(srv.port, "GET", "/health")[0] == 200:
+                    break
+            except (OSError, IndexError):
+                pass
+            check(time.time() < deadline, "the main port did not answer after the sockets closed")
+            time.sleep(0.1)
+        print("global limit: 40 sockets at --connection-limit 32: 8 refused and counted; the "
+              "admin listener answered meanwhile")
+    finally:
+        for s in socks:
+            s.close()
+        check(srv.stop() == 0, "server exit code not 0")
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("gptd")
     ap.add_argument("model")
-    ap.add_argument("scenario", choices=["overload", "storm", "slowloris", "shutdown", "soak"])
+    ap.add_argument("scenario", choices=["overload", "storm", "slowloris", "shutdown", "soak",
+                                         "slowclients"])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--connections", type=int, default=300)
-    ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--seconds", type=int, default=None)
     args = ap.parse_args()
+    if args.seconds is None:
+        args.seconds = 12 if args.scenario == "slowclients" else 120
     if os.environ.get("GPTD_SOAK_SECONDS"):
         args.seconds = int(os.environ["GPTD_SOAK_SECONDS"])
     try:
