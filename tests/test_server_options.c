@@ -58,6 +58,13 @@ START_TEST(test_options_defaults_are_safe) {
     ck_assert_str_eq(o.server.host, "127.0.0.1");
     ck_assert_int_eq(o.server.port, 8080);
     ck_assert_int_eq(o.server.connection_timeout_s, 30);
+    /* Issue 21: deadlines on by default, a per-client limit above wrk -c 256, the table sized
+     * from the descriptor limit, no admin listener unless asked. */
+    ck_assert_int_eq(o.server.header_timeout_s, 10);
+    ck_assert_int_eq(o.server.body_timeout_s, 30);
+    ck_assert_int_eq(o.server.per_ip_connection_limit, 512);
+    ck_assert_int_eq(o.server.connection_limit, 0);
+    ck_assert_int_eq(o.server.admin_port, -1);
     ck_assert_uint_eq(o.server.max_body_bytes, 1024 * 1024);
     ck_assert_uint_eq(o.server.connection_memory_bytes, 128 * 1024);
     ck_assert_uint_eq(o.server.max_header_bytes, 32 * 1024);
@@ -138,10 +145,17 @@ struct bad_case {
 };
 
 static const struct bad_case bad[] = {
-    {"--port", "70000", "--port"},       {"--port", "80x", "--port"},
-    {"--max-body", "1X", "--max-body"},  {"--max-body", "-5", "--max-body"},
-    {"--frobnicate", "1", "frobnicate"}, {"--strict-model", "maybe", "maybe"},
-    {"--queue-timeout", "-1", "queue"},  {"--http-threads", "0", "--http-threads"},
+    {"--port", "70000", "--port"},
+    {"--port", "80x", "--port"},
+    {"--max-body", "1X", "--max-body"},
+    {"--max-body", "-5", "--max-body"},
+    {"--frobnicate", "1", "frobnicate"},
+    {"--strict-model", "maybe", "maybe"},
+    {"--queue-timeout", "-1", "queue"},
+    {"--http-threads", "0", "--http-threads"},
+    {"--header-timeout", "0", "--header-timeout"},
+    {"--body-timeout", "x", "--body-timeout"},
+    {"--admin-port", "-2", "--admin-port"},
 };
 
 START_TEST(test_options_rejects_bad_values_with_a_message) {
