@@ -8,9 +8,10 @@
  *     descriptor limit, and one per client address; a refused connection is closed at once and
  *     counted by reason;
  *   - deadlines per request phase, whatever the client trickles: the request line and headers
- *     must be complete within header_timeout_s of the connection opening (or of the previous
- *     response ending, on a kept-alive connection), the body within body_timeout_s of the
- *     headers. A connection past its deadline gets shutdown(2) from the server's ticker;
+ *     must be complete within header_timeout_s of the connection opening (on a kept-alive
+ *     connection, within the idle timeout of the previous response ending, if that is
+ *     longer: the next request may take a while to come), the body within body_timeout_s of
+ *     the headers. A connection past its deadline gets shutdown(2) from the server's ticker;
  *     libmicrohttpd then sees the socket end and closes it itself. The answer phase has no
  *     deadline here (streams have their own disconnect handling).
  *
@@ -52,6 +53,7 @@ struct guard_conn {
     bool has_key;
     enum guard_phase phase;
     int64_t t_phase_us; /* when the phase started */
+    bool kept_alive;    /* waiting for a request after an earlier one on this connection */
 };
 
 /* An address as 16 bytes (IPv4 mapped into IPv6, so both families share one table). */
@@ -100,6 +102,12 @@ int conn_guard_init(struct conn_guard *g, const struct server_config *cfg) {
     pthread_mutex_init(&g->mu, NULL);
     g->per_client_limit = cfg->per_ip_connection_limit;
     g->header_timeout_us = (int64_t)cfg->header_timeout_s * 1000000;
+    /* A kept-alive connection may sit idle as long as libmicrohttpd's idle timeout allows
+     * before its next request starts; from then, as long as a new one. */
+    g->keepalive_timeout_us =
+        (int64_t)(cfg->connection_timeout_s > cfg->header_timeout_s ? cfg->connection_timeout_s
+                                                                    : cfg->header_timeout_s) *
+        1000000;
     g->body_timeout_us = (int64_t)cfg->body_timeout_s * 1000000;
 
     /* The descriptor limit: raise the soft limit to the hard one (a server wants every
@@ -261,6 +269,7 @@ static void guard_set_phase(struct conn_guard *g, struct MHD_Connection *c,
     int64_t now = time_now_us();
     pthread_mutex_lock(&g->mu);
     if (gc->phase != GUARD_CLOSING) {
+        gc->kept_alive = phase == GUARD_HEADERS;
         gc->phase = phase;
         gc->t_phase_us = now;
     }
@@ -283,7 +292,8 @@ void conn_guard_tick(struct conn_guard *g, int64_t now_us) {
     pthread_mutex_lock(&g->mu);
     for (struct guard_conn *gc = g->head; gc != NULL; gc = gc->next) {
         int64_t age = now_us - gc->t_phase_us;
-        bool late_headers = gc->phase == GUARD_HEADERS && age > g->header_timeout_us;
+        bool late_headers = gc->phase == GUARD_HEADERS &&
+                            age > (gc->kept_alive ? g->keepalive_timeout_us : g->header_timeout_us);
         bool late_body = gc->phase == GUARD_BODY && age > g->body_timeout_us;
         if ((late_headers || late_body) && gc->fd >= 0) {
             /* The fd is still this connection's (see the file comment); shutting it down makes

@@ -64,7 +64,7 @@ struct conn_guard {
     int n_open;                  /* under mu */
     int limit;                   /* connections in all */
     int per_client_limit;        /* per client address; 0 = none */
-    int64_t header_timeout_us, body_timeout_us;
+    int64_t header_timeout_us, body_timeout_us, keepalive_timeout_us;
     long long fd_soft_before, fd_soft, fd_hard; /* RLIMIT_NOFILE at start (-1: unlimited) */
     atomic_uint_fast64_t rejected_limit, rejected_per_client;
     atomic_uint_fast64_t timed_out_headers, timed_out_body;

@@ -689,6 +689,22 @@ def scenario_slowclients(args):
             mm = re.search(r"^%s\{%s\} (\S+)$" % (re.escape(name), label), body.decode(), re.M)
             return float(mm.group(1)) if mm else 0.0
 
+        # A kept-alive client idle for longer than the header deadline (4 s here) between two
+        # requests is not cut: an idle kept-alive connection has the idle timeout (30 s).
+        ka = socket.create_connection((HOST, srv.port), timeout=5, source_address=(good, 0))
+        try:
+            for i in range(2):
+                ka.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                got = b""
+                while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                    c = ka.recv(4096)
+                    check(c, "kept-alive connection closed before answer %d" % (i + 1))
+                    got += c
+                check(got.startswith(b"HTTP/1.1 200"), "kept-alive answer %d: %r" % (i + 1, got[:40]))
+                if i == 0:
+                    time.sleep(5.0)
+        finally:
+            ka.close()
         # Baseline after one round of the good client and a short flood, so the allocator and
         # the thread pool are in their steady state.
         http(srv.port, "POST", "/v1/completions", json.dumps(completion_body(stream=False)))
