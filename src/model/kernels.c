@@ -840,7 +840,7 @@ INLINE T256 void tile256_q8_acc(const int mr, const char *x_q, size_t ldq, const
             s0[i] = _mm256_setzero_si256();
             s1[i] = _mm256_setzero_si256();
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int t = 0; t < KERNEL_Q8_GROUP / 4; t++) {
             __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(gb + t * 256));
             __m256i w1 =
