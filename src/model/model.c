@@ -244,7 +244,7 @@ static void matmul_task(void *ctx, int32_t i_task, int32_t i_thread) {
     int32_t p0 = (int32_t)((int64_t)n_panels * i_task / f->mm_n_tasks);
     int32_t p1 = (int32_t)((int64_t)n_panels * (i_task + 1) / f->mm_n_tasks);
     if (f->model->wtype == KERNEL_W_Q8) {
-        kernel_matmul_q8(f->model->isa, f->mm_x_q, f->mm_w, f->mm_b, f->mm_out, f->mm_ldo, f->mm_m,
+        kernel_matmul_q8(f->model->isa, f->s->x_q, f->mm_w, f->mm_b, f->mm_out, f->mm_ldo, f->mm_m,
                          f->mm_k, f->mm_n, p0, p1, f->mm_epilogue);
         return;
     }
@@ -274,7 +274,6 @@ void fwd_matmul(struct fwd *f, const float *x, const void *w, const float *b, fl
     f->mm_k = k;
     f->mm_n = n;
     f->mm_epilogue = epilogue;
-    f->mm_x_q = f->s->x_q;
     int32_t n_threads = pool_n_threads(cur_pool());
     if (f->model->wtype == KERNEL_W_Q8) {
         /* Each row by itself (the batch stays bit-identical to its rows alone); a few rows are

@@ -136,7 +136,6 @@ struct fwd {
     int32_t qkv_width; /* columns of s->qkv: q_dim + 2 kv_dim (attention reads it) */
     /* the matmul being split across the pool */
     const float *mm_x;
-    const void *mm_x_q; /* Q8 weights: mm_x quantized */
     const void *mm_w;
     const float *mm_b;
     float *mm_out;

@@ -16,6 +16,14 @@ static void prom_metric(struct sbuf *b, const char *name, const char *type, cons
     sbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, value);
 }
 
+/* A counter with one label and two values of it. */
+static void prom_counter_by(struct sbuf *b, const char *name, const char *help, const char *label,
+                            const char *v0, uint64_t n0, const char *v1, uint64_t n1) {
+    sbuf_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s{%s=\"%s\"} %llu\n%s{%s=\"%s\"} %llu\n",
+                name, help, name, name, label, v0, (unsigned long long)n0, name, label, v1,
+                (unsigned long long)n1);
+}
+
 static void prom_histogram(struct sbuf *b, const char *name, const char *help,
                            const struct engine_histogram *h, const double *bounds) {
     sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
@@ -111,22 +119,15 @@ enum MHD_Result prometheus_respond(struct conn *x) {
     prom_metric(&b, "gptd_connections_limit", "gauge",
                 "Connections the main listener accepts in all (--connection-limit).",
                 (double)g->limit);
-    sbuf_printf(&b,
-                "# HELP gptd_connections_rejected_total Connections refused at accept, by "
-                "reason.\n"
-                "# TYPE gptd_connections_rejected_total counter\n"
-                "gptd_connections_rejected_total{reason=\"connection_limit\"} %llu\n"
-                "gptd_connections_rejected_total{reason=\"per_client_limit\"} %llu\n",
-                (unsigned long long)atomic_load(&g->rejected_limit),
-                (unsigned long long)atomic_load(&g->rejected_per_client));
-    sbuf_printf(&b,
-                "# HELP gptd_connections_timed_out_total Connections closed because a request's "
-                "headers or body did not arrive in time (--header-timeout, --body-timeout).\n"
-                "# TYPE gptd_connections_timed_out_total counter\n"
-                "gptd_connections_timed_out_total{phase=\"headers\"} %llu\n"
-                "gptd_connections_timed_out_total{phase=\"body\"} %llu\n",
-                (unsigned long long)atomic_load(&g->timed_out_headers),
-                (unsigned long long)atomic_load(&g->timed_out_body));
+    prom_counter_by(&b, "gptd_connections_rejected_total",
+                    "Connections refused at accept, by reason.", "reason", "connection_limit",
+                    atomic_load(&g->rejected_limit), "per_client_limit",
+                    atomic_load(&g->rejected_per_client));
+    prom_counter_by(&b, "gptd_connections_timed_out_total",
+                    "Connections closed because a request's headers or body did not arrive in "
+                    "time (--header-timeout, --body-timeout).",
+                    "phase", "headers", atomic_load(&g->timed_out_headers), "body",
+                    atomic_load(&g->timed_out_body));
     sbuf_puts(&b, "# HELP gptd_http_requests_total HTTP requests by route and status.\n"
                   "# TYPE gptd_http_requests_total counter\n");
     for (int r = 0; r < N_ROUTES; r++) {

@@ -672,7 +672,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         sbuf_append(&x->body, upload_data, n);
         return x->body.failed ? MHD_NO : MHD_YES;
     }
-    conn_guard_body_done(&s->guard, c);
+    if (!x->body_complete) { /* once: later calls are resumes, on the per-token path */
+        x->body_complete = true;
+        conn_guard_body_done(&s->guard, c);
+    }
     if (x->responded) {
         return MHD_YES;
     }
@@ -795,6 +798,15 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap) {
 /* ---------------------------------------------------------------------------------------- */
 /* lifecycle                                                                                */
 
+/* The port of an IPv4 or IPv6 address (--admin-port listens on --host's address too). */
+static void set_port(struct sockaddr *addr, int port) {
+    if (addr->sa_family == AF_INET6) {
+        ((struct sockaddr_in6 *)(void *)addr)->sin6_port = htons((uint16_t)port);
+    } else {
+        ((struct sockaddr_in *)(void *)addr)->sin_port = htons((uint16_t)port);
+    }
+}
+
 struct server *server_create(const struct server_config *cfg, char *err, size_t err_size) {
     struct server *s = calloc(1, sizeof(*s));
     struct addrinfo *ai = NULL;
@@ -860,7 +872,7 @@ struct server *server_create(const struct server_config *cfg, char *err, size_t 
     if (cfg->admin_port >= 0) {
         /* The orchestrator's probes on their own listener: a table full of slow clients on the
          * main port cannot keep /livez from answering. One thread, a small table. */
-        ((struct sockaddr_in *)(void *)ai->ai_addr)->sin_port = htons((uint16_t)cfg->admin_port);
+        set_port(ai->ai_addr, cfg->admin_port);
         s->admin_mhd = MHD_start_daemon(
             (flags & ~(unsigned int)MHD_ALLOW_SUSPEND_RESUME), (uint16_t)cfg->admin_port, NULL,
             NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_SOCK_ADDR,
@@ -991,9 +1003,6 @@ void server_destroy(struct server *s) {
     if (s->has_ticker) {
         atomic_store(&s->ticker_stop, true);
         pthread_join(s->ticker, NULL);
-    }
-    if (s->admin_mhd != NULL) { /* server_stop returns early when the main daemon never started */
-        MHD_stop_daemon(s->admin_mhd);
     }
     conn_guard_destroy(&s->guard);
     auth_keys_destroy(s->keys);

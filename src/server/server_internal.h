@@ -137,7 +137,8 @@ struct conn {
 
     /* request body */
     struct sbuf body;
-    size_t body_seen; /* bytes uploaded so far, kept or not */
+    size_t body_seen;   /* bytes uploaded so far, kept or not */
+    bool body_complete; /* the upload ended (the connection guard was told) */
     bool body_too_large;
 
     /* completion */
